@@ -1,0 +1,70 @@
+"""The shared CarRacing environment layer: one factory, `make_env`, for workers, evaluation, benchmarks and tests."""
+
+from __future__ import annotations
+
+import os
+
+import gymnasium as gym
+from gymnasium.wrappers import FrameStackObservation, GrayscaleObservation, RecordEpisodeStatistics, ResizeObservation
+
+from distracer.envs.config import EnvConfig
+from distracer.envs.wrappers import (
+    ActionRepeat,
+    DiscreteActions,
+    SeedOnFirstReset,
+    StackedChannels,
+    SteerAccelActions,
+)
+
+# pygame must not look for a display on servers, in containers or in CI.
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+STOCK_ID = "CarRacing-v3"
+FAST_ID = "distracer/CarRacingFast-v3"
+
+if FAST_ID not in gym.registry:
+    gym.register(
+        id=FAST_ID,
+        entry_point="distracer.envs.fast_car_racing:FastCarRacing",
+        max_episode_steps=1000,
+        reward_threshold=900,
+    )
+
+
+def make_env(
+    config: EnvConfig | None = None,
+    seed: int | None = None,
+    *,
+    stock: bool | None = None,
+    render_mode: str | None = None,
+) -> gym.Env:
+    """Build CarRacing-v3 with distracer's wrappers.
+
+    Order matters: episode statistics sit on the raw env so `info["episode"]` always holds the
+    reference return and length; action repeat sits below the pixel wrappers so only returned
+    frames are processed.
+
+    Args:
+        config: wrapper settings; defaults to `EnvConfig()`.
+        seed: seeds the first reset (the track) and the action space.
+        stock: force the stock (True) or fast (False) simulator; None follows `config.fast`.
+        render_mode: passed to the env, e.g. "rgb_array" for full-resolution video frames.
+    """
+    config = config or EnvConfig()
+    config.validate()
+    use_stock = (not config.fast) if stock is None else stock
+    env = gym.make(STOCK_ID if use_stock else FAST_ID, render_mode=render_mode)
+    env = RecordEpisodeStatistics(env)
+    env = SteerAccelActions(env) if config.action_space == "continuous" else DiscreteActions(env)
+    if config.action_repeat > 1:
+        env = ActionRepeat(env, config.action_repeat)
+    if config.frame_size != env.observation_space.shape[0]:
+        env = ResizeObservation(env, (config.frame_size, config.frame_size))
+    if config.grayscale:
+        env = GrayscaleObservation(env, keep_dim=False)
+    env = FrameStackObservation(env, config.frame_stack)
+    env = StackedChannels(env, config.channel_order)
+    return SeedOnFirstReset(env, seed)
+
+
+__all__ = ["EnvConfig", "make_env", "STOCK_ID", "FAST_ID"]

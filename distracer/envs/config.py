@@ -1,0 +1,49 @@
+"""Configuration of the shared CarRacing environment layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distracer.errors import ConfigError
+
+ACTION_SPACES = ("continuous", "discrete")
+CHANNEL_ORDERS = ("first", "last")
+# The smallest square frame the Nature-CNN encoder accepts: 8x8/4 -> 4x4/2 -> 3x3/1 leaves 1x1 at 36.
+MIN_FRAME_SIZE = 36
+
+
+@dataclass
+class EnvConfig:
+    fast: bool = True
+    """Train on distracer/CarRacingFast-v3 (identical observations, faster); evaluation always uses the stock env."""
+    action_space: str = "continuous"
+    """'continuous': 2-D [steer, accel] with gas=max(accel,0), brake=max(-accel,0); 'discrete': 5 actions."""
+    frame_size: int = 84
+    """Side of the square observation frame, in pixels."""
+    grayscale: bool = True
+    """Grayscale frames (one channel each); False keeps RGB (3 channels per stacked frame)."""
+    channel_order: str = "first"
+    """'first' gives (C, H, W) as the learners take it; 'last' gives (H, W, C) as SB3 CnnPolicy takes it."""
+    action_repeat: int = 1
+    """Each agent action is applied this many env steps, rewards summed; only the last frame is drawn."""
+    frame_stack: int = 4
+    """Number of most recent frames stacked into one observation."""
+
+    def validate(self) -> None:
+        if self.action_space not in ACTION_SPACES:
+            raise ConfigError(f"env.action_space={self.action_space!r} is unknown; allowed: {', '.join(ACTION_SPACES)}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ConfigError(f"env.channel_order={self.channel_order!r} is unknown; allowed: first, last")
+        if self.frame_size < MIN_FRAME_SIZE:
+            raise ConfigError(
+                f"env.frame_size={self.frame_size} is too small; the encoders need >= {MIN_FRAME_SIZE}"
+            )
+        if self.frame_stack < 1:
+            raise ConfigError(f"env.frame_stack={self.frame_stack} must be >= 1")
+        if self.action_repeat < 1:
+            raise ConfigError(f"env.action_repeat={self.action_repeat} must be >= 1")
+
+    @property
+    def channels(self) -> int:
+        """Channels of one stacked observation."""
+        return self.frame_stack * (1 if self.grayscale else 3)

@@ -1,0 +1,136 @@
+"""The wrappers every part of distracer shares. Each works alone on any CarRacing-v3 env.
+
+Gymnasium's own wrappers do the generic parts (grayscale, resize, frame stack, episode statistics);
+the ones here are what CarRacing needs and Gymnasium lacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+# The seed project's 5 discrete actions, in its order, as CarRacing [steer, gas, brake].
+DISCRETE_ACTIONS = np.array(
+    [
+        [-1.0, 0.0, 0.0],  # left
+        [1.0, 0.0, 0.0],  # right
+        [0.0, 1.0, 0.0],  # gas
+        [0.0, 0.0, 0.8],  # brake
+        [0.0, 0.0, 0.0],  # no-op
+    ],
+    dtype=np.float32,
+)
+DISCRETE_ACTION_NAMES = ("left", "right", "gas", "brake", "no-op")
+
+
+class DiscreteActions(gym.ActionWrapper):
+    """Discrete(5): left, right, gas, brake, no-op, mapped to CarRacing's [steer, gas, brake]."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.action_space = spaces.Discrete(len(DISCRETE_ACTIONS))
+
+    def action(self, action: Any) -> np.ndarray:
+        index = int(action)
+        if not 0 <= index < len(DISCRETE_ACTIONS):
+            raise ValueError(f"discrete action {action!r} is out of range 0..{len(DISCRETE_ACTIONS) - 1}")
+        return DISCRETE_ACTIONS[index].copy()
+
+
+def steer_accel_to_native(action: np.ndarray) -> np.ndarray:
+    """[steer, accel] in [-1, 1]^2 -> [steer, gas, brake] with gas=max(accel,0), brake=max(-accel,0).
+
+    One accel axis means the agent can never press gas and brake at once.
+    """
+    action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+    steer, accel = action[..., 0], action[..., 1]
+    return np.stack([steer, np.maximum(accel, 0.0), np.maximum(-accel, 0.0)], axis=-1).astype(np.float32)
+
+
+class SteerAccelActions(gym.ActionWrapper):
+    """Box([-1,-1], [1,1]): [steer, accel], mapped to CarRacing's [steer, gas, brake]."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+    def action(self, action: Any) -> np.ndarray:
+        return steer_accel_to_native(action)
+
+
+class ActionRepeat(gym.Wrapper):
+    """Repeat each action `repeat` times, summing rewards, stopping at the episode's end.
+
+    On an env that can skip drawing (distracer's fast CarRacing exposes `render_observations` and
+    `observe()`), only the frame that is returned gets drawn: intermediate frames are never seen.
+    """
+
+    def __init__(self, env: gym.Env, repeat: int):
+        if repeat < 1:
+            raise ValueError(f"action_repeat={repeat} must be >= 1")
+        super().__init__(env)
+        self.repeat = repeat
+        base = env.unwrapped
+        self._skippable = hasattr(base, "render_observations") and hasattr(base, "observe")
+
+    def step(self, action: Any):
+        base = self.env.unwrapped
+        total = 0.0
+        for i in range(self.repeat):
+            last = i == self.repeat - 1
+            if self._skippable:
+                base.render_observations = last
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                if self._skippable and not last:
+                    obs = base.observe()
+                break
+        if self._skippable:
+            base.render_observations = True
+        return obs, total, terminated, truncated, info
+
+
+class StackedChannels(gym.ObservationWrapper):
+    """Fold a frame stack (k, H, W[, 3]) into channels: (C, H, W) or (H, W, C) with C = k or 3k."""
+
+    def __init__(self, env: gym.Env, channel_order: str = "first"):
+        super().__init__(env)
+        if channel_order not in ("first", "last"):
+            raise ValueError(f"channel_order={channel_order!r} is unknown; allowed: first, last")
+        self.channel_order = channel_order
+        shape = env.observation_space.shape
+        k, h, w = shape[:3]
+        c = k * (shape[3] if len(shape) == 4 else 1)
+        new_shape = (c, h, w) if channel_order == "first" else (h, w, c)
+        self.observation_space = spaces.Box(0, 255, shape=new_shape, dtype=np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        obs = np.asarray(observation)
+        if obs.ndim == 4:  # (k, H, W, 3) -> (k*3, H, W)
+            obs = np.moveaxis(obs, -1, 1).reshape(-1, *obs.shape[1:3])
+        if self.channel_order == "last":
+            obs = np.moveaxis(obs, 0, -1)
+        return np.ascontiguousarray(obs)
+
+
+class SeedOnFirstReset(gym.Wrapper):
+    """Seed the first reset (track) and the action space, so `make_env(seed=s)` alone is reproducible.
+
+    Later resets without a seed continue the env's own RNG, so a sequence of episodes is reproducible too.
+    """
+
+    def __init__(self, env: gym.Env, seed: int | None):
+        super().__init__(env)
+        self._pending_seed = seed
+        if seed is not None:
+            self.action_space.seed(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is None and self._pending_seed is not None:
+            seed = self._pending_seed
+        self._pending_seed = None
+        return self.env.reset(seed=seed, options=options)
