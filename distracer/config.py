@@ -1,0 +1,309 @@
+"""Typed run configuration: dataclasses, YAML loading with `extends:`, dotted overrides, validation.
+
+The one config loader of distracer. Every key of a YAML file or `--set key=value` override is checked
+against these dataclasses: an unknown key, a wrong type or an out-of-range value stops the run before
+anything starts, with one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distracer.algos import ALGOS, config_class
+from distracer.algos.base import DeviceConfig
+from distracer.envs.config import EnvConfig
+from distracer.errors import ConfigError
+
+
+@dataclass
+class ReplayConfig:
+    ram_budget: str = "1GB"
+    """RAM for all replay shards together, e.g. '1.5GB', '800MiB'; split evenly across shards."""
+    num_shards: int = 1
+    """Replay-shard actors; worker i writes to shard i % num_shards."""
+    compress: bool = False
+    """lz4-compress stored frames (~4x more transitions per GB, a few µs per frame to decompress)."""
+    prefetch: int = 4
+    """Sample requests the learner keeps in flight so it never waits on replay."""
+
+    def validate(self) -> None:
+        if self.num_shards < 1:
+            raise ConfigError(f"replay.num_shards={self.num_shards} must be >= 1")
+        if self.prefetch < 1:
+            raise ConfigError(f"replay.prefetch={self.prefetch} must be >= 1")
+
+
+@dataclass
+class ResourcesConfig:
+    address: str | None = None
+    """Ray cluster address; None starts an embedded local Ray (or joins RAY_ADDRESS when it is set)."""
+    num_workers: int = 1
+    """RolloutWorker actors."""
+    envs_per_worker: int = 1
+    """Environments each rollout worker steps in turn."""
+    worker_cpus: float = 1.0
+    """CPUs reserved per rollout worker."""
+    learner_cpus: float = 1.0
+    """CPUs reserved for the learner actor."""
+    learner_gpus: float = -1.0
+    """GPUs for the learner: -1 = one if the cluster has any, else 0; 0 = CPU; 1 = require one."""
+    shard_cpus: float = 0.5
+    """CPUs reserved per replay shard."""
+    local_num_cpus: int | None = None
+    """CPUs of the embedded local Ray (None: all of this machine's)."""
+    object_store_memory: str | None = None
+    """Object store size of the embedded local Ray, e.g. '300MB' (None: Ray's default, 30% of RAM)."""
+    fragment_length: int = 64
+    """Steps per env that a rollout worker collects before pushing a fragment (off-policy)."""
+    weights_every: int = 50
+    """Learner publishes new policy weights every this many updates (off-policy)."""
+
+    def validate(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"resources.num_workers={self.num_workers} must be >= 1")
+        if self.envs_per_worker < 1:
+            raise ConfigError(f"resources.envs_per_worker={self.envs_per_worker} must be >= 1")
+        if self.fragment_length < 1:
+            raise ConfigError(f"resources.fragment_length={self.fragment_length} must be >= 1")
+        if self.weights_every < 1:
+            raise ConfigError(f"resources.weights_every={self.weights_every} must be >= 1")
+        for name in ("worker_cpus", "learner_cpus", "shard_cpus"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"resources.{name}={getattr(self, name)} must be >= 0")
+        if self.learner_gpus < 0 and self.learner_gpus != -1:
+            raise ConfigError(f"resources.learner_gpus={self.learner_gpus} must be -1 (auto) or >= 0")
+
+
+@dataclass
+class EvalConfig:
+    every_env_steps: int = 50_000
+    """Evaluate on the stock CarRacing-v3 every this many env steps (0 = only at the end)."""
+    episodes: int = 5
+    """Episodes per periodic evaluation (a 'solved' claim needs 100: use `distracer evaluate`)."""
+    seed: int = 1_000_000
+    """First evaluation seed; training seeds stay below it so evaluation tracks are never trained on."""
+
+    def validate(self) -> None:
+        if self.every_env_steps < 0:
+            raise ConfigError(f"eval.every_env_steps={self.every_env_steps} must be >= 0")
+        if self.episodes < 1:
+            raise ConfigError(f"eval.episodes={self.episodes} must be >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    every_env_steps: int = 50_000
+    """Write a checkpoint every this many env steps (and always at the end and on Ctrl-C)."""
+    keep: int = 3
+    """Checkpoints kept on disk (oldest removed first)."""
+    save_replay: bool = False
+    """Also save the replay shards with each checkpoint, so a resumed run keeps its data."""
+
+    def validate(self) -> None:
+        if self.every_env_steps < 1:
+            raise ConfigError(f"checkpoint.every_env_steps={self.every_env_steps} must be >= 1")
+        if self.keep < 1:
+            raise ConfigError(f"checkpoint.keep={self.keep} must be >= 1")
+
+
+def _algo_default(name: str):
+    return field(default_factory=lambda: config_class(name)())
+
+
+@dataclass
+class TrainConfig:
+    algo: str = "sac_drq"
+    """Algorithm: sac_drq, ppo or dqn."""
+    seed: int = 1
+    """Seed of the run: env tracks (seed, seed+1, ... per env), network init, exploration."""
+    total_env_steps: int = 1_000_000
+    """Agent steps (each covering env.action_repeat frames) to train for, over all workers."""
+    run_dir: str = "runs/default"
+    """Where checkpoints, TensorBoard logs and metrics go."""
+    max_minutes: float = 0.0
+    """Stop after this much wall-clock time (0 = no limit); a final checkpoint is written."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    learner: DeviceConfig = field(default_factory=DeviceConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sac_drq: Any = _algo_default("sac_drq")
+    ppo: Any = _algo_default("ppo")
+    dqn: Any = _algo_default("dqn")
+    tune: dict = field(default_factory=dict)
+    """Tune settings (search space, scheduler, stoppers) read by `distracer tune`; ignored by `train`."""
+
+    @property
+    def algo_config(self) -> Any:
+        """The config section of the chosen algorithm."""
+        return getattr(self, self.algo)
+
+    def validate(self) -> TrainConfig:
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo={self.algo!r} is unknown; allowed: {', '.join(ALGOS)}")
+        if self.total_env_steps < 1:
+            raise ConfigError(f"total_env_steps={self.total_env_steps} must be >= 1")
+        if self.seed < 0 or self.seed >= self.eval.seed:
+            raise ConfigError(f"seed={self.seed} must be in [0, eval.seed={self.eval.seed}) so eval tracks stay unseen")
+        for section in (self.env, self.learner, self.resources, self.replay, self.eval, self.checkpoint):
+            section.validate()
+        self.algo_config.validate()
+        if self.algo == "dqn" and self.env.action_space != "discrete":
+            raise ConfigError("algo=dqn needs discrete actions; set env.action_space=discrete")
+        if self.algo == "sac_drq" and self.env.action_space != "continuous":
+            raise ConfigError("algo=sac_drq needs continuous actions; set env.action_space=continuous")
+        if self.env.channel_order != "first":
+            raise ConfigError("env.channel_order=last is for SB3 interop; the learners take channel-first observations")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Coerce a YAML value to the field's annotated type, or raise a one-line ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}={value!r} has the wrong type")
+    if hint is Any:
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        inner = typing.get_args(hint)[:1] or (Any,)
+        items = [_check_type(v, inner[0], key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    return value
+
+
+def apply_dict(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
+    """Set the fields of dataclass `config` from `data`, recursively and strictly."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    names = {f.name: f for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(type(config))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{full}: unknown key; allowed: {', '.join(names)}")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current) and not (key == "tune"):
+            apply_dict(current, value, f"{full}.")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            current.update(value)
+        else:
+            setattr(config, key, _check_type(value, hints.get(key, Any), full))
+    return config
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config YAML, resolving `extends:` (a path or list of paths, relative to the file) first."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {str(path)!r} extends itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    parents = data.pop("extends", []) or []
+    merged: dict[str, Any] = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = deep_merge(merged, read_yaml(path.parent / parent, (*_seen, path.resolve())))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "tune":
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """'sac_drq.batch_size=128' -> {'sac_drq': {'batch_size': 128}}; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node: dict[str, Any] = {}
+    out = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    paths: list[str] | tuple[str, ...] | str | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """YAML files (later ones win), then `key=value` overrides, into a validated TrainConfig."""
+    if isinstance(paths, str):
+        paths = [paths]
+    data: dict[str, Any] = {}
+    for path in paths or []:
+        data = deep_merge(data, read_yaml(path))
+    for item in overrides or []:
+        data = deep_merge(data, parse_override(item))
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A validated TrainConfig from a plain (possibly nested) dict, e.g. a checkpoint's or Tune's."""
+    return apply_dict(TrainConfig(), data).validate()
