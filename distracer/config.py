@@ -160,6 +160,9 @@ class TrainConfig:
             raise ConfigError("algo=dqn needs discrete actions; set env.action_space=discrete")
         if self.algo == "sac_drq" and self.env.action_space != "continuous":
             raise ConfigError("algo=sac_drq needs continuous actions; set env.action_space=continuous")
+        if self.algo != "ppo" and self.replay.num_shards > self.resources.num_workers:
+            raise ConfigError(f"replay.num_shards={self.replay.num_shards} exceeds resources.num_workers="
+                              f"{self.resources.num_workers}; each shard needs a worker writing to it")
         if self.env.channel_order != "first":
             raise ConfigError("env.channel_order=last is for SB3 interop; the learners take channel-first observations")
         return self

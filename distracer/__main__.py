@@ -1,0 +1,5 @@
+import sys
+
+from distracer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,170 @@
+"""The one checkpoint format of distracer: a directory written atomically and verified on load.
+
+    ckpt_000000123456/
+        learner.pt      torch.save of the learner's state_dict (tensors and plain values only)
+        state.json      counters, driver RNG, the full config, format version
+        replay/         replay shards (optional, Arrow IPC)
+        MANIFEST.json   sha256 of every file above; written last
+
+A checkpoint is built in a temporary sibling directory and renamed into place, so a run killed
+mid-write leaves either the previous checkpoint or the new one, never half of one. Loading checks the
+manifest and every checksum, and reads `learner.pt` with `weights_only=True`: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distracer.errors import ConfigError
+
+FORMAT = "distracer-checkpoint"
+VERSION = 1
+MANIFEST = "MANIFEST.json"
+LEARNER_FILE = "learner.pt"
+STATE_FILE = "state.json"
+PREFIX = "ckpt_"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the learner's state and the driver's counters and config."""
+
+    path: Path
+    learner_state: dict[str, Any]
+    state: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.state["config"]
+
+    @property
+    def replay_dir(self) -> Path | None:
+        replay = self.path / "replay"
+        return replay if replay.is_dir() else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    ckpt_root: str | Path,
+    learner_state: dict[str, Any],
+    state: dict[str, Any],
+    step: int,
+    write_replay: Any = None,
+    keep: int | None = None,
+) -> Path:
+    """Write checkpoint `ckpt_<step>` under `ckpt_root` atomically; returns its path.
+
+    `write_replay(dir)` (optional) fills the replay/ subdirectory before the manifest is sealed.
+    """
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:012d}"
+    tmp = root / f".{final.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    tmp.mkdir()
+    try:
+        torch.save(learner_state, tmp / LEARNER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, **state}, indent=1))
+        if write_replay is not None:
+            (tmp / "replay").mkdir()
+            write_replay(tmp / "replay")
+        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "files": files}, indent=1))
+        _fsync_tree(tmp)
+        if final.exists():  # the same step written twice (e.g. final checkpoint right after a periodic one)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep is not None:
+        prune_checkpoints(root, keep)
+    return final
+
+
+def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
+    """Sealed checkpoints under `ckpt_root`, oldest first (temporary directories are ignored)."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def prune_checkpoints(ckpt_root: str | Path, keep: int) -> None:
+    for old in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Check the manifest and every checksum; return the manifest or raise a one-line ConfigError."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"checkpoint {str(path)!r} is a file, not a distracer checkpoint directory "
+                          "(for an SB3 .zip use `distracer evaluate --trust-pickle`)")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r} has no {MANIFEST}: incomplete or not a distracer checkpoint")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"checkpoint {str(path)!r}: {MANIFEST} is corrupt") from None
+    if manifest.get("format") != FORMAT:
+        raise ConfigError(f"checkpoint {str(path)!r} is not a {FORMAT} (format={manifest.get('format')!r})")
+    if manifest.get("version", 0) > VERSION:
+        raise ConfigError(f"checkpoint {str(path)!r} has format version {manifest['version']}; "
+                          f"this distracer reads up to {VERSION}")
+    for rel, digest in manifest.get("files", {}).items():
+        file = path / rel
+        if not file.is_file():
+            raise ConfigError(f"checkpoint {str(path)!r} is missing {rel}")
+        if _sha256(file) != digest:
+            raise ConfigError(f"checkpoint {str(path)!r}: {rel} is corrupt (checksum mismatch)")
+    return manifest
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
+    """Verify and load a checkpoint directory (or a run directory: its newest checkpoint)."""
+    path = resolve_checkpoint(path)
+    verify_checkpoint(path)
+    state = json.loads((path / STATE_FILE).read_text())
+    try:
+        learner_state = torch.load(path / LEARNER_FILE, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files; the user needs one line
+        raise ConfigError(f"checkpoint {str(path)!r}: {LEARNER_FILE} cannot be loaded ({type(exc).__name__})") from None
+    return Checkpoint(path, learner_state, state)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir as given, or the newest one inside a run dir / checkpoints dir."""
+    path = Path(path)
+    if (path / MANIFEST).exists() or not path.is_dir():
+        return path
+    for root in (path, path / "checkpoints"):
+        found = list_checkpoints(root)
+        if found:
+            return found[-1]
+    return path

@@ -1,0 +1,93 @@
+"""`distracer` command line: train | tune | evaluate | ...
+
+Every subcommand takes `--config FILE` (repeatable, later files win) and `--set key.path=value`
+overrides; bad input stops with one line on stderr and exit code 2, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from distracer.errors import ConfigError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", action="append", default=[], metavar="FILE",
+                        help="YAML config (tune_configs/*.yaml); repeat to layer files, later ones win")
+    parser.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one setting, e.g. --set sac_drq.batch_size=128 --set resources.num_workers=2")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from distracer.config import load_config
+    from distracer.runtime.driver import train
+
+    config = load_config(args.config, args.overrides)
+    resume = args.resume
+    if resume == "auto":
+        from distracer.checkpoint import list_checkpoints
+
+        found = list_checkpoints(os.path.join(config.run_dir, "checkpoints"))
+        resume = str(found[-1]) if found else None
+    summary = train(config, resume=resume)
+    print(f"distracer: done: {summary['env_steps']:,} env steps, {summary['num_updates']:,} updates, "
+          f"eval {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}; "
+          f"checkpoint {summary.get('checkpoint')}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate configs without starting anything."""
+    import yaml
+
+    from distracer.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False) if args.show else "config OK")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distracer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one agent (local embedded Ray, or the cluster in RAY_ADDRESS)")
+    _add_config_args(p)
+    p.add_argument("--resume", metavar="CKPT|auto", default=None,
+                   help="resume from a checkpoint directory, a run directory, or 'auto' (newest in run_dir)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("check", help="validate a config and print nothing else (or --show the result)")
+    _add_config_args(p)
+    p.add_argument("--show", action="store_true", help="print the full resolved config as YAML")
+    p.set_defaults(func=cmd_check)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+# Subcommands living in their own modules register here (tune, evaluate, plot, export).
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"distracer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distracer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""The driver: builds the actors, holds the replay ratio, evaluates, checkpoints, logs, reports.
+
+Off-policy (SAC+DrQ, DQN)::
+
+    RolloutWorker xN --fragments--> ReplayShard xS --batches (prefetched)--> LearnerActor
+          ^                                                                      |
+          +------------------- weights (object ref + version) -------------------+
+
+The driver only ever holds counts, metrics and object refs; sample data never passes through it.
+On-policy (PPO) runs synchronously: every worker collects a fixed-length rollout with the current
+weights, the learner updates on all of them, then publishes new weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError
+
+from distracer.algos import ActionSpec
+from distracer.checkpoint import load_checkpoint, save_checkpoint
+from distracer.config import TrainConfig, config_from_dict
+from distracer.envs import make_env
+from distracer.errors import ConfigError
+from distracer.evaluate import EvalResult, evaluate_policy
+from distracer.runtime.learner import LearnerActor
+from distracer.runtime.logger import RunLogger
+from distracer.runtime.ray_setup import init_ray, learner_gpus
+from distracer.runtime.worker import CollectStats, RolloutWorker
+
+Reporter = Callable[[dict[str, Any], Path | None], None]
+OFF_POLICY = ("sac_drq", "dqn")
+
+
+@dataclass
+class Counters:
+    """Everything a resumed run must continue from (besides the learner's own state)."""
+
+    env_steps: int = 0
+    num_updates: int = 0
+    episodes: int = 0
+    weights_version: int = 0
+    wall_seconds: float = 0.0
+    next_eval: int = 0
+    next_checkpoint: int = 0
+    best_eval: float = -math.inf
+    last_eval: float = float("nan")
+    last_eval_std: float = float("nan")
+    resumes: int = 0
+    recent_returns: list[float] = field(default_factory=list)
+
+
+@ray.remote(num_cpus=0)
+def _evaluate_remote(weights, env_config, seeds) -> EvalResult:
+    # num_cpus=0: evaluation is periodic and light next to training, and must never wait for a CPU
+    # that the workers hold (it would deadlock a run that fills its placement group).
+    return evaluate_policy(weights, env_config, seeds)
+
+
+def probe_spaces(config: TrainConfig) -> tuple[tuple[int, int, int], ActionSpec]:
+    """Observation shape and action spec of the configured env, without stepping it."""
+    env = make_env(config.env, stock=True)
+    try:
+        return tuple(env.observation_space.shape), ActionSpec.from_space(env.action_space)
+    finally:
+        env.close()
+
+
+class Driver:
+    """One training run. `run()` returns the final metrics; safe to call from a Tune trainable."""
+
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None, reporter: Reporter | None = None,
+                 handle_signals: bool = True):
+        self.config = config
+        self.reporter = reporter
+        self.handle_signals = handle_signals
+        self.counters = Counters(next_eval=config.eval.every_env_steps or config.total_env_steps,
+                                 next_checkpoint=config.checkpoint.every_env_steps)
+        self.checkpoint = load_checkpoint(resume) if resume else None
+        if self.checkpoint is not None:
+            self._check_resume_compatible()
+        self.run_dir = Path(config.run_dir)
+        self.stop_requested = threading.Event()
+        self.started_ray = False
+        self.actors: list[Any] = []
+        self.shards: list[Any] = []
+        self.workers: list[Any] = []
+        self.eval_ref: ray.ObjectRef | None = None
+        self.last_checkpoint: Path | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ setup
+    def _check_resume_compatible(self) -> None:
+        saved = self.checkpoint.state
+        if saved.get("algo") != self.config.algo:
+            raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} is a {saved.get('algo')} run; "
+                              f"this config trains {self.config.algo}")
+        saved_env = config_from_dict(saved["config"]).env
+        if saved_env != self.config.env:
+            raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} was trained with env {saved_env}; "
+                              f"the config asks for {self.config.env}")
+        counters = Counters(**{k: v for k, v in saved["counters"].items() if k in Counters.__dataclass_fields__})
+        counters.resumes += 1
+        self.counters = counters
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self.started_ray = init_ray(cfg.resources)
+        gpus = learner_gpus(cfg.resources)  # refuses a GPU the cluster lacks, before any actor starts
+        self.obs_shape, self.action_spec = probe_spaces(cfg)
+        capacity = self._replay_capacity() if cfg.algo in OFF_POLICY else 0
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+        self.logger = RunLogger(self.run_dir, cfg)
+        learner_state = self.checkpoint.learner_state if self.checkpoint else None
+        if cfg.algo in OFF_POLICY:
+            self._create_shards(capacity)
+        self.learner = ray.remote(num_cpus=cfg.resources.learner_cpus, num_gpus=gpus)(LearnerActor).remote(
+            cfg, self.obs_shape, self.action_spec, self.shards, learner_state, gpus > 0)
+        self.actors.append(self.learner)
+        worker_cls = ray.remote(num_cpus=cfg.resources.worker_cpus, max_restarts=-1)(RolloutWorker)
+        for i in range(cfg.resources.num_workers):
+            shard = self.shards[i % len(self.shards)] if self.shards else None
+            self.workers.append(worker_cls.remote(cfg, i, shard, self.counters.resumes))
+        self.actors += self.workers
+        ray.get([w.ready.remote() for w in self.workers] + [self.learner.num_updates.remote()])
+        self.weights_ref = self._publish()
+
+    def _replay_capacity(self) -> int:
+        from distracer.replay.sizing import capacity_from_budget, parse_bytes
+
+        cfg, algo = self.config, self.config.algo_config
+        frame_shape = self.obs_shape[1:] if cfg.env.grayscale else (*self.obs_shape[1:], 3)
+        discrete = self.action_spec.kind == "discrete"
+        return capacity_from_budget(parse_bytes(cfg.replay.ram_budget), cfg.replay.num_shards, frame_shape,
+                                    cfg.replay.compress, batch_size=algo.batch_size,
+                                    action_shape=() if discrete else (self.action_spec.n,),
+                                    action_dtype=np.int64 if discrete else np.float32)
+
+    def _create_shards(self, capacity: int) -> None:
+        from distracer.replay.shard import ReplayShardImpl
+
+        cfg, algo = self.config, self.config.algo_config
+        frame_shape = self.obs_shape[1:] if cfg.env.grayscale else (*self.obs_shape[1:], 3)
+        discrete = self.action_spec.kind == "discrete"
+        shard_cls = ray.remote(num_cpus=cfg.resources.shard_cpus)(ReplayShardImpl)
+        for i in range(cfg.replay.num_shards):
+            shard = shard_cls.remote(
+                capacity=capacity, frame_shape=tuple(frame_shape),
+                action_shape=() if discrete else (self.action_spec.n,),
+                action_dtype=np.int64 if discrete else np.float32,
+                frame_stack=cfg.env.frame_stack, n_step=algo.n_step, gamma=algo.gamma,
+                compress=cfg.replay.compress, seed=cfg.seed * 100 + i, shard_index=i)
+            self.shards.append(shard)
+        self.actors += self.shards
+        if self.checkpoint is not None and self.checkpoint.replay_dir is not None:
+            ray.get([s.restore.remote(str(self.checkpoint.replay_dir / f"shard_{i}"))
+                     for i, s in enumerate(self.shards)])
+
+    def _publish(self) -> ray.ObjectRef:
+        [ref] = ray.get(self.learner.publish.remote())
+        self.counters.weights_version += 1
+        return ref
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> dict[str, Any]:
+        previous = self._install_signal_handlers()
+        try:
+            self._setup()
+            self.start_time = time.time() - self.counters.wall_seconds
+            self.logger.info(f"distracer: training {self.config.algo} for {self.config.total_env_steps:,} env steps "
+                             f"with {self.config.resources.num_workers} worker(s) -> {self.run_dir}")
+            if self.config.algo in OFF_POLICY:
+                self._run_off_policy()
+            else:
+                self._run_on_policy()
+            self._finish_eval(block=True)
+            self._evaluate_now_if_needed()
+            self._save()
+            return self._summary()
+        finally:
+            self._teardown()
+            self._restore_signal_handlers(previous)
+
+    def _done(self) -> bool:
+        cfg = self.config
+        if self.stop_requested.is_set():
+            return True
+        if cfg.max_minutes and time.time() - self.start_time > cfg.max_minutes * 60:
+            self.logger.info("distracer: time budget reached")
+            return True
+        return self.counters.env_steps >= cfg.total_env_steps
+
+    # ----- off-policy
+    def _allowed_updates(self) -> int:
+        algo = self.config.algo_config
+        return int(max(0, self.counters.env_steps - algo.learning_starts) * algo.updates_per_step)
+
+    def _run_off_policy(self) -> None:
+        cfg, algo = self.config, self.config.algo_config
+        frag = cfg.resources.fragment_length
+        # Workers pause when the learner is this many updates behind: about two fragments' worth.
+        max_lag = max(1.0, 2 * frag * cfg.resources.envs_per_worker * cfg.resources.num_workers * algo.updates_per_step)
+        sent_version = [0] * len(self.workers)
+        pending: dict[ray.ObjectRef, tuple[str, int]] = {}
+        idle: set[int] = set(range(len(self.workers)))
+        learner_busy = False
+        since_publish = 0
+
+        def launch_worker(i: int) -> None:
+            warmup = self.counters.env_steps < algo.learning_starts
+            weights = None if sent_version[i] == self.counters.weights_version else self.weights_ref
+            ref = self.workers[i].collect.remote(frag, weights, warmup, self._epsilon(i))
+            sent_version[i] = self.counters.weights_version
+            pending[ref] = ("worker", i)
+
+        while not self._done():
+            for i in sorted(idle):
+                if self._allowed_updates() - self.counters.num_updates <= max_lag:
+                    idle.discard(i)
+                    launch_worker(i)
+            todo = self._allowed_updates() - self.counters.num_updates
+            if not learner_busy and todo > 0:
+                n = min(todo, cfg.resources.weights_every - since_publish)
+                pending[self.learner.train.remote(n)] = ("learner", n)
+                learner_busy = True
+            if not pending:
+                time.sleep(0.01)
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                kind, arg = pending.pop(ref)
+                if kind == "worker":
+                    if self._on_worker_done(ref, arg):
+                        sent_version[arg] = -1  # a restarted worker needs the weights again
+                    idle.add(arg)
+                else:
+                    learner_busy = False
+                    metrics = ray.get(ref)
+                    since_publish += arg
+                    self.counters.num_updates = int(metrics.pop("num_updates"))
+                    self.last_metrics = metrics
+                    if since_publish >= cfg.resources.weights_every:
+                        self.weights_ref = self._publish()
+                        since_publish = 0
+            self._periodic()
+        # Let in-flight work finish so counters match what the learner and replay hold.
+        for ref, (kind, arg) in list(pending.items()):
+            if kind == "worker":
+                self._on_worker_done(ref, arg)
+            else:
+                self.counters.num_updates = int(ray.get(ref).pop("num_updates"))
+
+    def _epsilon(self, worker_index: int) -> float | None:
+        exploration = getattr(self.config.algo_config, "worker_epsilon", None)
+        if exploration is None:
+            return None
+        return exploration(self.counters.env_steps, worker_index, len(self.workers))
+
+    def _on_worker_done(self, ref: ray.ObjectRef, index: int) -> bool:
+        """Count a worker's steps and episodes; True if the worker died (Ray restarts it)."""
+        try:
+            stats: CollectStats = ray.get(ref)
+        except RayActorError:
+            self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")
+            self.logger.scalar("system/worker_restarts", 1, self.counters.env_steps)
+            return True
+        self._count(stats)
+        return False
+
+    def _count(self, stats: CollectStats) -> None:
+        self.counters.env_steps += stats.env_steps
+        self.counters.episodes += len(stats.episode_returns)
+        for ret, length in zip(stats.episode_returns, stats.episode_lengths):
+            self.counters.recent_returns = (self.counters.recent_returns + [ret])[-20:]
+            self.logger.episode(ret, length, self.counters.env_steps)
+
+    # ----- on-policy
+    def _run_on_policy(self) -> None:
+        steps = self.config.algo_config.num_steps
+        while not self._done():
+            calls = [w.collect_rollout.options(num_returns=2).remote(steps, self.weights_ref) for w in self.workers]
+            metrics_ref = self.learner.train_on_rollouts.remote(*[c[0] for c in calls])
+            for stats in ray.get([c[1] for c in calls]):
+                self._count(stats)
+            metrics = ray.get(metrics_ref)
+            self.counters.num_updates = int(metrics.pop("num_updates"))
+            self.last_metrics = metrics
+            self.weights_ref = self._publish()
+            self._periodic()
+
+    # ------------------------------------------------------------------ periodic work
+    def _periodic(self) -> None:
+        c = self.counters
+        self._finish_eval(block=False)
+        if self.config.eval.every_env_steps and c.env_steps >= c.next_eval and self.eval_ref is None:
+            self._start_eval()
+            c.next_eval += self.config.eval.every_env_steps
+        if c.env_steps >= c.next_checkpoint:
+            self._save()
+            c.next_checkpoint += self.config.checkpoint.every_env_steps
+        self.logger.progress(c, self.last_metrics, self._replay_fill())
+
+    def _eval_seeds(self) -> list[int]:
+        start = self.config.eval.seed + 1000 * self.counters.weights_version
+        return list(range(start, start + self.config.eval.episodes))
+
+    def _start_eval(self) -> None:
+        self.eval_started_at = self.counters.env_steps
+        self.eval_ref = _evaluate_remote.remote(self.weights_ref, self.config.env, self._eval_seeds())
+
+    def _finish_eval(self, block: bool) -> None:
+        if self.eval_ref is None:
+            return
+        ready, _ = ray.wait([self.eval_ref], timeout=None if block else 0)
+        if not ready:
+            return
+        result: EvalResult = ray.get(self.eval_ref)
+        self.eval_ref = None
+        c = self.counters
+        c.last_eval, c.last_eval_std = result.mean, result.std
+        c.best_eval = max(c.best_eval, result.mean)
+        self.logger.evaluation(result, self.eval_started_at)
+        if self.reporter is not None:
+            self.reporter(self._summary(), None)
+
+    def _evaluate_now_if_needed(self) -> None:
+        """A run always ends with an evaluation of its final weights."""
+        if self.eval_started_at_final():
+            return
+        self._start_eval()
+        self._finish_eval(block=True)
+
+    def eval_started_at_final(self) -> bool:
+        return getattr(self, "eval_started_at", -1) == self.counters.env_steps
+
+    def _replay_fill(self) -> float | None:
+        if not self.shards or not hasattr(self, "_fill_time") or time.time() - self._fill_time > 5:
+            self._fill_time = time.time()
+            if self.shards:
+                stats = ray.get([s.stats.remote() for s in self.shards])
+                self._fill = sum(s["size"] for s in stats) / max(1, sum(s["capacity"] for s in stats))
+        return getattr(self, "_fill", None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self) -> Path:
+        c = self.counters
+        c.wall_seconds = time.time() - self.start_time
+        learner_state = ray.get(self.learner.state_dict.remote())
+        state = {"algo": self.config.algo, "config": self.config.to_dict(),
+                 "counters": {k: v for k, v in c.__dict__.items()}}
+        write_replay = self._write_replay if self.config.checkpoint.save_replay and self.shards else None
+        self.last_checkpoint = save_checkpoint(self.run_dir / "checkpoints", learner_state, state, c.env_steps,
+                                               write_replay, keep=self.config.checkpoint.keep)
+        self.logger.info(f"distracer: checkpoint {self.last_checkpoint}")
+        if self.reporter is not None:
+            self.reporter(self._summary(), self.last_checkpoint)
+        return self.last_checkpoint
+
+    def _write_replay(self, directory: Path) -> None:
+        ray.get([s.save.remote(str(directory / f"shard_{i}")) for i, s in enumerate(self.shards)])
+
+    def _summary(self) -> dict[str, Any]:
+        c = self.counters
+        elapsed = max(1e-9, time.time() - self.start_time)
+        out = {
+            "env_steps": c.env_steps, "num_updates": c.num_updates, "episodes": c.episodes,
+            "weights_version": c.weights_version, "eval_return_mean": c.last_eval,
+            "eval_return_std": c.last_eval_std, "best_eval_return": c.best_eval,
+            "episode_return_mean": float(np.mean(c.recent_returns)) if c.recent_returns else float("nan"),
+            "env_steps_per_s": (c.env_steps - getattr(self, "_start_steps", 0)) / elapsed,
+            "wall_seconds": elapsed,
+            "replay_ratio": c.num_updates / max(1, c.env_steps - self._learning_starts()),
+        }
+        out.update({f"learner/{k}": v for k, v in self.last_metrics.items()})
+        if self.last_checkpoint is not None:
+            out["checkpoint"] = str(self.last_checkpoint)
+        return out
+
+    def _learning_starts(self) -> int:
+        return int(getattr(self.config.algo_config, "learning_starts", 0))
+
+    # ------------------------------------------------------------------ shutdown
+    def _install_signal_handlers(self) -> dict:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def request_stop(signum, _frame):
+            self.logger.info(f"distracer: {signal.Signals(signum).name} received; stopping after a final checkpoint")
+            self.stop_requested.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _teardown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors.clear()
+        if hasattr(self, "logger"):
+            self.logger.close()
+        if self.started_ray:
+            ray.shutdown()
+
+
+def train(config: TrainConfig, resume: str | Path | None = None, reporter: Reporter | None = None,
+          handle_signals: bool = True) -> dict[str, Any]:
+    """Train with `config`; resume from a checkpoint (or a run dir's newest one) when given."""
+    return Driver(config, resume, reporter, handle_signals).run()

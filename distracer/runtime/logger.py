@@ -1,0 +1,82 @@
+"""What a run tells its user: TensorBoard scalars, a metrics.jsonl, and one live progress line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from distracer.config import TrainConfig
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class RunLogger:
+    """Writes `tb/` (TensorBoard), `metrics.jsonl` (evaluations, for `distracer plot`) and the console line."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, progress_every_s: float = 5.0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.config = config
+        self.writer = SummaryWriter(str(run_dir / "tb"))
+        self.metrics_file = (run_dir / "metrics.jsonl").open("a")
+        self.progress_every_s = progress_every_s
+        self.start = time.time()
+        self.last_progress = 0.0
+        self.last_steps = 0
+        self.last_updates = 0
+        self.last_time = self.start
+
+    def info(self, message: str) -> None:
+        print(message, flush=True)
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        self.writer.add_scalar(name, value, step)
+
+    def episode(self, episode_return: float, length: int, step: int) -> None:
+        self.writer.add_scalar("train/episode_return", episode_return, step)
+        self.writer.add_scalar("train/episode_length", length, step)
+
+    def evaluation(self, result: Any, step: int) -> None:
+        self.writer.add_scalar("eval/return_mean", result.mean, step)
+        self.writer.add_scalar("eval/return_std", result.std, step)
+        record = {"env_steps": step, "wall_seconds": time.time() - self.start, "eval_return_mean": result.mean,
+                  "eval_return_std": result.std, "returns": result.returns, "seeds": result.seeds}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        self.info(f"distracer: eval at {step:,} env steps: {result.summary()}")
+
+    def progress(self, counters: Any, learner_metrics: dict[str, float], replay_fill: float | None) -> None:
+        now = time.time()
+        if now - self.last_progress < self.progress_every_s:
+            return
+        dt = max(1e-9, now - self.last_time)
+        steps_s = (counters.env_steps - self.last_steps) / dt
+        updates_s = (counters.num_updates - self.last_updates) / dt
+        step = counters.env_steps
+        self.writer.add_scalar("system/env_steps_per_s", steps_s, step)
+        self.writer.add_scalar("system/updates_per_s", updates_s, step)
+        if replay_fill is not None:
+            self.writer.add_scalar("system/replay_fill", replay_fill, step)
+        for name, value in learner_metrics.items():
+            self.writer.add_scalar(f"learner/{name}", value, step)
+        remaining = (self.config.total_env_steps - step) / steps_s if steps_s > 0 else float("inf")
+        fill = f" | replay {100 * replay_fill:.0f}%" if replay_fill is not None else ""
+        last_eval = f"{counters.last_eval:.1f}" if math.isfinite(counters.last_eval) else "-"
+        line = (f"[{self.config.algo}] {step:,}/{self.config.total_env_steps:,} steps | {steps_s:.0f} steps/s | "
+                f"{updates_s:.1f} upd/s{fill} | eval {last_eval} | ETA {_fmt_duration(remaining)}")
+        print(line, file=sys.stdout, flush=True)
+        self.last_progress, self.last_time = now, now
+        self.last_steps, self.last_updates = counters.env_steps, counters.num_updates
+
+    def close(self) -> None:
+        self.writer.close()
+        self.metrics_file.close()

@@ -1,0 +1,156 @@
+"""RolloutWorker: a CPU actor that steps environments with the latest policy it was handed.
+
+Off-policy, it pushes fragments straight to its replay shard (the driver only sees counts and episode
+returns). On-policy (PPO), it returns a fixed-length rollout as an object ref that goes to the learner.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from distracer.algos import ActionSpec, build_policy
+from distracer.algos.base import PolicyWeights
+from distracer.config import TrainConfig
+from distracer.envs import make_env
+from distracer.replay.fragment import FragmentBuilder
+
+
+@dataclass
+class CollectStats:
+    """What a worker tells the driver after a collect call: no sample data, only counts and scores."""
+
+    worker_index: int
+    env_steps: int
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    weights_version: int = -1
+
+
+def env_seed(config: TrainConfig, worker_index: int, env_index: int) -> int:
+    """Training seeds: distinct per env, below eval.seed so evaluation tracks are never trained on."""
+    return config.seed * 10_000 + worker_index * config.resources.envs_per_worker + env_index
+
+
+class RolloutWorker:
+    """Steps `envs_per_worker` environments in turn, acting on a batch of their observations."""
+
+    def __init__(self, config: TrainConfig, worker_index: int, shard: Any | None = None, restart_salt: int = 0):
+        torch.set_num_threads(1)
+        self.config = config
+        self.index = worker_index
+        self.shard = shard
+        n = config.resources.envs_per_worker
+        # After a restart the same seeds would replay the same tracks; the salt moves them on.
+        salt = restart_salt + int(ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed)
+        self.envs = [make_env(config.env, seed=env_seed(config, worker_index, j) + 7919 * salt) for j in range(n)]
+        self.action_spec = ActionSpec.from_space(self.envs[0].action_space)
+        self.rng = np.random.default_rng([config.seed, worker_index, salt])
+        self.policy = None
+        self.weights_version = -1
+        self.obs = [env.reset()[0] for env in self.envs]
+        discrete = self.action_spec.kind == "discrete"
+        self.builders = [
+            FragmentBuilder(
+                stream_id=worker_index * 1000 + j,
+                action_shape=() if discrete else (self.action_spec.n,),
+                action_dtype=np.int64 if discrete else np.float32,
+            )
+            for j in range(n)
+        ]
+        for builder, obs in zip(self.builders, self.obs):
+            builder.add_reset(self.newest_frame(obs))
+        self.ppo_state: Any = None
+
+    # ----- small queries, used by the driver and tests -----
+    def pid(self) -> int:
+        return os.getpid()
+
+    def ready(self) -> bool:
+        return True
+
+    def set_weights(self, weights: PolicyWeights) -> int:
+        """Rebuild the CPU policy from published weights (skipped when the version is already held)."""
+        if weights.version != self.weights_version or self.policy is None:
+            self.policy = build_policy(weights, device="cpu")
+            self.weights_version = weights.version
+        return self.weights_version
+
+    def newest_frame(self, obs: np.ndarray) -> np.ndarray:
+        """The frame the last env step added to a channel-first stack."""
+        per_frame = 1 if self.config.env.grayscale else 3
+        frame = obs[-per_frame:]
+        return frame[0] if per_frame == 1 else np.moveaxis(frame, 0, -1)
+
+    # ----- off-policy -----
+    def collect(
+        self,
+        num_steps: int,
+        weights: PolicyWeights | None = None,
+        random_actions: bool = False,
+        epsilon: float | None = None,
+    ) -> CollectStats:
+        """Step every env `num_steps` times, pushing one fragment per env to the shard."""
+        if weights is not None:
+            self.set_weights(weights)
+        if self.policy is None and not random_actions:
+            raise RuntimeError(f"worker {self.index} has no policy weights yet")
+        if epsilon is not None and self.policy is not None and hasattr(self.policy, "epsilon"):
+            self.policy.epsilon = float(epsilon)
+        stats = CollectStats(self.index, 0, weights_version=self.weights_version)
+        for _ in range(num_steps):
+            actions = self._choose_actions(random_actions)
+            for j, env in enumerate(self.envs):
+                self._step_env(j, env, actions[j], stats)
+        self._push_fragments()
+        return stats
+
+    def _choose_actions(self, random_actions: bool) -> np.ndarray:
+        if random_actions:
+            return np.stack([env.action_space.sample() for env in self.envs])
+        with torch.no_grad():
+            actions, _ = self.policy.act(torch.as_tensor(np.stack(self.obs)), explore=True)
+        return actions.numpy()
+
+    def _step_env(self, j: int, env: Any, action: np.ndarray, stats: CollectStats) -> None:
+        obs, reward, terminated, truncated, info = env.step(action)
+        self.builders[j].add_step(self.newest_frame(obs), action, reward, terminated, truncated)
+        stats.env_steps += 1
+        if terminated or truncated:
+            episode = info.get("episode")
+            if episode is not None:
+                stats.episode_returns.append(float(np.asarray(episode["r"]).item()))
+                stats.episode_lengths.append(int(np.asarray(episode["l"]).item()))
+            obs, _ = env.reset()
+            self.builders[j].add_reset(self.newest_frame(obs))
+        self.obs[j] = obs
+
+    def _push_fragments(self) -> None:
+        # Wait for the shard to hold them: the steps the driver counts (and rate-limits on) are then
+        # steps the learner can sample, and a slow shard pushes back on its workers.
+        adds = [self.shard.add.remote(f) for f in (b.flush(self.weights_version) for b in self.builders) if f]
+        ray.get(adds)
+
+    # ----- on-policy (PPO) -----
+    def collect_rollout(self, num_steps: int, weights: PolicyWeights) -> tuple[Any, CollectStats]:
+        """A fixed-length on-policy rollout with exactly the given weights (synchronous PPO)."""
+        from distracer.algos.ppo import collect_rollout
+
+        self.set_weights(weights)
+        rollout, self.ppo_state = collect_rollout(self.envs, self.policy, num_steps, self.ppo_state)
+        stats = CollectStats(self.index, num_steps * len(self.envs), weights_version=self.weights_version)
+        for ret, length in rollout_episodes(rollout):
+            stats.episode_returns.append(ret)
+            stats.episode_lengths.append(length)
+        return rollout, stats
+
+
+def rollout_episodes(rollout: Any) -> list[tuple[float, int]]:
+    """Finished episodes (reference return, length) that `collect_rollout` recorded."""
+    episodes = rollout.get("episodes", []) if isinstance(rollout, dict) else getattr(rollout, "episodes", [])
+    return [(float(r), int(length)) for r, length in episodes]
