@@ -1,0 +1,276 @@
+"""PPO: GAE by hand, learning the toy pixel task (both action kinds), checkpoints, NaN safety, SB3 layout."""
+
+from __future__ import annotations
+
+import io
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from gymnasium.wrappers import RecordEpisodeStatistics, TimeLimit
+from pixel_task import SidePixelTask, evaluate_learner
+
+from distracer.algos import build_policy, make_learner
+from distracer.algos.base import ActionSpec, DeviceConfig, NonFiniteLossError
+from distracer.algos.ppo import (
+    PPOConfig,
+    PPOLearner,
+    Rollout,
+    RolloutState,
+    collect_rollout,
+    compute_gae,
+    from_sb3_state_dict,
+    to_sb3_state_dict,
+)
+from distracer.errors import ConfigError
+
+CPU = DeviceConfig("cpu")
+SPECS = {"continuous": ActionSpec("continuous", 2), "discrete": ActionSpec("discrete", 5)}
+
+
+def small_config(**overrides) -> PPOConfig:
+    base = dict(num_envs=4, num_steps=32, n_epochs=4, minibatch_size=32, lr=3e-4)
+    base.update(overrides)
+    return PPOConfig(**base)
+
+
+def make_envs(kind: str, n: int = 4, frame_size: int = 36) -> list[gym.Env]:
+    return [RecordEpisodeStatistics(SidePixelTask(kind, frame_size=frame_size)) for _ in range(n)]
+
+
+def learner_and_rollout(kind: str = "continuous", seed: int = 0, **overrides):
+    learner = PPOLearner(small_config(**overrides), (4, 36, 36), SPECS[kind], CPU, seed)
+    rollout = collect_rollout(make_envs(kind), learner.policy, 32, RolloutState(seed=seed + 100))
+    return learner, rollout
+
+
+def test_compute_gae_matches_hand_computation():
+    # One env, 4 steps: a termination at t=1, a truncation at t=2 (bootstrap from final value 5.0).
+    gamma, lam = 0.9, 0.5
+    rewards = np.array([[1.0], [2.0], [3.0], [4.0]], np.float32)
+    values = np.array([[0.5], [1.0], [1.5], [2.0]], np.float32)
+    terminated = np.array([[False], [True], [False], [False]])
+    truncated = np.array([[False], [False], [True], [False]])
+    final_values = np.array([[0.0], [0.0], [5.0], [0.0]], np.float32)
+    next_value = np.array([3.0], np.float32)
+    adv, ret = compute_gae(rewards, values, terminated, truncated, next_value, final_values, gamma, lam)
+    # t=3: delta = 4 + 0.9*3 - 2 = 4.7;                         A3 = 4.7
+    # t=2: delta = 3 + 0.9*5 - 1.5 = 6.0 (truncated: final value, recursion cut); A2 = 6.0
+    # t=1: delta = 2 + 0 - 1 = 1.0 (terminated);                 A1 = 1.0
+    # t=0: delta = 1 + 0.9*1.0 - 0.5 = 1.4;                      A0 = 1.4 + 0.45*1.0 = 1.85
+    expected = np.array([[1.85], [1.0], [6.0], [4.7]], np.float32)
+    np.testing.assert_allclose(adv, expected, rtol=1e-6)
+    np.testing.assert_allclose(ret, expected + values, rtol=1e-6)
+    # lam=1, gamma=1 without episode ends is the plain sum of rewards plus the bootstrap.
+    adv1, ret1 = compute_gae(rewards, values, np.zeros((4, 1), bool), np.zeros((4, 1), bool), next_value,
+                             np.zeros((4, 1), np.float32), 1.0, 1.0)
+    np.testing.assert_allclose(ret1[:, 0], [13.0, 12.0, 10.0, 7.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind, threshold", [("continuous", 0.9), ("discrete", 0.9)])
+def test_ppo_learns_side_pixel_task(kind, threshold):
+    torch.manual_seed(0)
+    learner = PPOLearner(small_config(), (4, 36, 36), SPECS[kind], CPU, seed=0)
+    envs = make_envs(kind)
+    state = RolloutState(seed=1)
+    assert evaluate_learner(learner, kind) < 0.75  # the untrained deterministic policy cannot read the image
+    score = 0.0
+    for i in range(30):
+        rollout = collect_rollout(envs, learner.policy, 32, state, policy_version=i)
+        assert len(rollout.episode_returns) == 4 * 32  # one-step episodes, all reported
+        metrics = learner.update(rollout)
+        assert all(np.isfinite(v) for k, v in metrics.items() if k != "explained_variance")
+        if i >= 4 and i % 2 == 0:
+            score = evaluate_learner(learner, kind)
+            if score >= threshold:
+                break
+    assert score >= threshold, f"{kind}: deterministic mean reward {score:.3f} after {i + 1} updates"
+
+
+class _Drive(gym.Env):
+    """A never-terminating pixel env whose reward counts steps; TimeLimit cuts it (truncation)."""
+
+    observation_space = spaces.Box(0, 255, (4, 36, 36), np.uint8)
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.full((4, 36, 36), 0, np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full((4, 36, 36), 10 * self.t, np.uint8), 1.0, False, False, {}
+
+
+def test_collect_rollout_truncation_bootstrap_and_episode_stats():
+    learner = PPOLearner(small_config(), (4, 36, 36), SPECS["continuous"], CPU, seed=0)
+    envs = [RecordEpisodeStatistics(TimeLimit(_Drive(), max_episode_steps=3)) for _ in range(2)]
+    state = RolloutState(seed=0)
+    r = collect_rollout(envs, learner.policy, 7, state, policy_version=5)
+    assert r.obs.shape == (7, 2, 4, 36, 36) and r.obs.dtype == np.uint8
+    assert r.actions.shape == (7, 2, 2) and r.actions.dtype == np.float32
+    assert r.policy_version == 5 and state.steps == 14
+    assert not r.terminated.any()
+    np.testing.assert_array_equal(r.truncated[:, 0], [0, 0, 1, 0, 0, 1, 0])
+    final_obs = torch.full((1, 4, 36, 36), 30, dtype=torch.uint8)
+    expected = learner.policy.predict_value(final_obs).item()
+    np.testing.assert_allclose(r.final_values[[2, 5]], expected, rtol=1e-5)
+    assert (r.final_values[~r.truncated] == 0).all()
+    # obs after a truncation is the reset observation; rollout obs row t is what action t was taken in.
+    assert (r.obs[3] == 0).all() and (r.obs[2] == 20).all()
+    np.testing.assert_array_equal(r.episode_returns, [3.0] * 4)
+    np.testing.assert_array_equal(r.episode_lengths, [3] * 4)
+    # Stored actions are the unclipped Gaussian sample; log-probs are of exactly those.
+    head, _ = learner.policy(torch.as_tensor(r.obs[0]))
+    logp, _ = learner.policy.log_prob_entropy(head, torch.as_tensor(r.actions[0]))
+    np.testing.assert_allclose(logp.detach().numpy(), r.logprob[0], rtol=1e-5, atol=1e-5)
+    # The next call continues from where the envs are.
+    r2 = collect_rollout(envs, learner.policy, 2, state)
+    assert (r2.obs[0] == 10).all()
+    joined = Rollout.concat([r2, r2])
+    assert joined.obs.shape == (2, 4, 4, 36, 36) and joined.next_value.shape == (4,)
+
+
+def _save_load(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_checkpoint_round_trip_gives_identical_actions_and_next_update():
+    overrides = dict(lr_schedule="linear", total_updates=10, normalize_reward=True, clip_range_vf=0.2)
+    learner, rollout = learner_and_rollout(**overrides)
+    learner.update(rollout)
+    state = _save_load(learner.state_dict())
+    restored = PPOLearner(small_config(**overrides), (4, 36, 36), SPECS["continuous"], CPU, seed=99)
+    restored.load_state_dict(state)
+    assert restored.schedule_step == 1 and restored.num_updates == 1
+    obs = rollout.obs[0]
+    np.testing.assert_array_equal(learner.act(obs, explore=False), restored.act(obs, explore=False))
+    np.testing.assert_array_equal(learner.act(obs, explore=True), restored.act(obs, explore=True))
+    m1, m2 = learner.update(rollout), restored.update(rollout)
+    assert m1 == pytest.approx(m2, nan_ok=True, rel=0, abs=0)
+    assert m1["lr"] == pytest.approx(3e-4 * 0.9)
+    for (k, a), b in zip(learner.policy.state_dict().items(), restored.policy.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert learner.reward_normalizer.state_dict()["var"] == restored.reward_normalizer.state_dict()["var"]
+
+
+def _policy_and_optim_state(learner):
+    return ({k: v.clone() for k, v in learner.policy.state_dict().items()},
+            _save_load(learner.optimizer.state_dict()))
+
+
+def _assert_unchanged(learner, before):
+    weights, optim = before
+    for k, v in learner.policy.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    after = learner.optimizer.state_dict()
+    assert after["param_groups"] == optim["param_groups"]
+    for key, s in optim["state"].items():
+        for name, t in s.items():
+            assert torch.equal(after["state"][key][name], t), (key, name)
+
+
+def test_nan_reward_raises_and_leaves_learner_unchanged():
+    learner, rollout = learner_and_rollout(normalize_reward=True)
+    learner.update(rollout)  # so the optimiser has moments
+    before = _policy_and_optim_state(learner)
+    rms = dict(learner.reward_normalizer.state_dict())
+    rollout.rewards[3, 1] = np.nan
+    with pytest.raises(NonFiniteLossError):
+        learner.update(rollout)
+    _assert_unchanged(learner, before)
+    assert learner.num_updates == 1 and learner.reward_normalizer.state_dict()["var"] == rms["var"]
+
+
+def test_nan_mid_update_restores_snapshot(monkeypatch):
+    learner, rollout = learner_and_rollout()
+    learner.update(rollout)
+    before = _policy_and_optim_state(learner)
+    rng_state = learner.np_rng.bit_generator.state
+    original = learner.policy.log_prob_entropy
+    calls = {"n": 0}
+
+    def poisoned(head, actions):
+        calls["n"] += 1
+        logp, ent = original(head, actions)
+        return (logp * float("nan"), ent) if calls["n"] == 5 else (logp, ent)
+
+    monkeypatch.setattr(learner.policy, "log_prob_entropy", poisoned)
+    with pytest.raises(NonFiniteLossError):
+        learner.update(rollout)
+    assert calls["n"] == 5  # four optimiser steps were taken and then undone
+    _assert_unchanged(learner, before)
+    assert learner.np_rng.bit_generator.state == rng_state
+
+
+def test_wrong_obs_shape_is_a_config_error():
+    with pytest.raises(ConfigError):
+        PPOLearner(small_config(), (4, 36, 30), SPECS["continuous"], CPU, 0)
+    with pytest.raises(ConfigError):
+        PPOLearner(small_config(), (4, 20, 20), SPECS["continuous"], CPU, 0)
+    learner, rollout = learner_and_rollout()
+    rollout.obs = np.zeros((32, 4, 3, 36, 36), np.uint8)
+    with pytest.raises(ConfigError):
+        learner.update(rollout)
+    with pytest.raises(ConfigError):
+        collect_rollout(make_envs("continuous", 2, frame_size=40), learner.policy, 4, RolloutState())
+
+
+@pytest.mark.parametrize("bad", [dict(lr_schedule="cosine"), dict(lr_schedule="linear"), dict(minibatch_size=1),
+                                 dict(clip_range_vf=0.0), dict(gamma=1.5), dict(target_kl=-1.0)])
+def test_config_validate_refuses(bad):
+    with pytest.raises(ConfigError):
+        small_config(**bad).validate()
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_build_policy_from_weights_acts_identically(kind):
+    learner = make_learner("ppo", small_config(), (4, 36, 36), SPECS[kind], CPU, seed=3)
+    policy = build_policy(learner.policy_weights())
+    obs, _ = SidePixelTask(kind).reset(seed=0)
+    batch = torch.as_tensor(np.stack([obs, 255 - obs]))
+    a1, e1 = learner.policy.act(batch, explore=False)
+    a2, e2 = policy.act(batch, explore=False)
+    assert torch.equal(a1, a2) and torch.equal(e1["value"], e2["value"])
+    learner.policy.generator, policy.generator = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(learner.policy.act(batch, True)[0], policy.act(batch, True)[0])
+
+
+def test_linear_lr_schedule_decays_to_zero():
+    learner, rollout = learner_and_rollout(lr_schedule="linear", total_updates=2, n_epochs=1)
+    lrs = [learner.update(rollout)["lr"] for _ in range(3)]
+    assert lrs == pytest.approx([3e-4, 1.5e-4, 0.0])
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_state_dict_loads_into_sb3_cnn_policy(kind):
+    sb3 = pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    env = DummyVecEnv([lambda: SidePixelTask(kind, frame_size=84)])
+    model = sb3.PPO("CnnPolicy", env, n_steps=16, batch_size=16, device="cpu", seed=0)
+    learner = PPOLearner(small_config(), (4, 84, 84), SPECS[kind], CPU, seed=1)
+    model.policy.load_state_dict(to_sb3_state_dict(learner.policy), strict=True)
+    back = from_sb3_state_dict(model.policy.state_dict())
+    assert set(back) == set(learner.policy.state_dict())
+
+    task = SidePixelTask(kind, frame_size=84)
+    obs = np.stack([task.reset(seed=s)[0] for s in range(6)])
+    obs[3:] = np.random.default_rng(0).integers(0, 256, obs[3:].shape, dtype=np.uint8)
+    ours, extras = learner.policy.act(torch.as_tensor(obs), explore=False)
+    theirs, _ = model.predict(obs, deterministic=True)
+    if kind == "continuous":
+        np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(ours.numpy(), theirs)
+    with torch.no_grad():
+        sb3_values = model.policy.predict_values(torch.as_tensor(obs)).squeeze(-1)
+        _, sb3_logp, _ = model.policy.evaluate_actions(torch.as_tensor(obs), extras["raw_action"])
+    np.testing.assert_allclose(extras["value"].numpy(), sb3_values.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(extras["logprob"].numpy(), sb3_logp.numpy(), rtol=1e-5, atol=1e-5)
