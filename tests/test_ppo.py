@@ -17,10 +17,10 @@ from distracer.algos.base import ActionSpec, DeviceConfig, NonFiniteLossError
 from distracer.algos.ppo import (
     PPOConfig,
     PPOLearner,
-    Rollout,
     RolloutState,
     collect_rollout,
     compute_gae,
+    concat_rollouts,
     from_sb3_state_dict,
     to_sb3_state_dict,
 )
@@ -42,7 +42,7 @@ def make_envs(kind: str, n: int = 4, frame_size: int = 36) -> list[gym.Env]:
 
 def learner_and_rollout(kind: str = "continuous", seed: int = 0, **overrides):
     learner = PPOLearner(small_config(**overrides), (4, 36, 36), SPECS[kind], CPU, seed)
-    rollout = collect_rollout(make_envs(kind), learner.policy, 32, RolloutState(seed=seed + 100))
+    rollout, _ = collect_rollout(make_envs(kind), learner.policy, 32, RolloutState(seed=seed + 100))
     return learner, rollout
 
 
@@ -78,7 +78,7 @@ def test_ppo_learns_side_pixel_task(kind, threshold):
     assert evaluate_learner(learner, kind) < 0.75  # the untrained deterministic policy cannot read the image
     score = 0.0
     for i in range(30):
-        rollout = collect_rollout(envs, learner.policy, 32, state, policy_version=i)
+        rollout, state = collect_rollout(envs, learner.policy, 32, state, policy_version=i)
         assert len(rollout.episode_returns) == 4 * 32  # one-step episodes, all reported
         metrics = learner.update(rollout)
         assert all(np.isfinite(v) for k, v in metrics.items() if k != "explained_variance")
@@ -109,7 +109,8 @@ def test_collect_rollout_truncation_bootstrap_and_episode_stats():
     learner = PPOLearner(small_config(), (4, 36, 36), SPECS["continuous"], CPU, seed=0)
     envs = [RecordEpisodeStatistics(TimeLimit(_Drive(), max_episode_steps=3)) for _ in range(2)]
     state = RolloutState(seed=0)
-    r = collect_rollout(envs, learner.policy, 7, state, policy_version=5)
+    r, state2 = collect_rollout(envs, learner.policy, 7, state, policy_version=5)
+    assert state2 is state
     assert r.obs.shape == (7, 2, 4, 36, 36) and r.obs.dtype == np.uint8
     assert r.actions.shape == (7, 2, 2) and r.actions.dtype == np.float32
     assert r.policy_version == 5 and state.steps == 14
@@ -123,14 +124,15 @@ def test_collect_rollout_truncation_bootstrap_and_episode_stats():
     assert (r.obs[3] == 0).all() and (r.obs[2] == 20).all()
     np.testing.assert_array_equal(r.episode_returns, [3.0] * 4)
     np.testing.assert_array_equal(r.episode_lengths, [3] * 4)
+    assert r.episodes == [(3.0, 3)] * 4
     # Stored actions are the unclipped Gaussian sample; log-probs are of exactly those.
     head, _ = learner.policy(torch.as_tensor(r.obs[0]))
     logp, _ = learner.policy.log_prob_entropy(head, torch.as_tensor(r.actions[0]))
     np.testing.assert_allclose(logp.detach().numpy(), r.logprob[0], rtol=1e-5, atol=1e-5)
     # The next call continues from where the envs are.
-    r2 = collect_rollout(envs, learner.policy, 2, state)
+    r2, _ = collect_rollout(envs, learner.policy, 2, state)
     assert (r2.obs[0] == 10).all()
-    joined = Rollout.concat([r2, r2])
+    joined = concat_rollouts([r2, r2])
     assert joined.obs.shape == (2, 4, 4, 36, 36) and joined.next_value.shape == (4,)
 
 
@@ -219,7 +221,7 @@ def test_wrong_obs_shape_is_a_config_error():
     with pytest.raises(ConfigError):
         learner.update(rollout)
     with pytest.raises(ConfigError):
-        collect_rollout(make_envs("continuous", 2, frame_size=40), learner.policy, 4, RolloutState())
+        collect_rollout(make_envs("continuous", 2, frame_size=40), learner.policy, 4)
 
 
 @pytest.mark.parametrize("bad", [dict(lr_schedule="cosine"), dict(lr_schedule="linear"), dict(minibatch_size=1),
@@ -274,3 +276,21 @@ def test_state_dict_loads_into_sb3_cnn_policy(kind):
         _, sb3_logp, _ = model.policy.evaluate_actions(torch.as_tensor(obs), extras["raw_action"])
     np.testing.assert_allclose(extras["value"].numpy(), sb3_values.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(extras["logprob"].numpy(), sb3_logp.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_worker_style_collection_is_reproducible_per_seed():
+    # As the runtime's RolloutWorker does it: rebuild from weights, seed exploration, state starts as None.
+    learner = PPOLearner(small_config(), (4, 36, 36), SPECS["continuous"], CPU, seed=0)
+    runs = []
+    for seed in (7, 7, 8):
+        policy = build_policy(learner.policy_weights())
+        policy.set_seed(seed)
+        envs = make_envs("continuous", 2)
+        for i, env in enumerate(envs):
+            env.reset(seed=i)
+        rollout, state = collect_rollout(envs, policy, 5, None)
+        rollout2, _ = collect_rollout(envs, policy, 5, state)
+        runs.append(np.concatenate([rollout.actions, rollout2.actions]))
+        assert rollout.episodes == [(float(r), 1) for r in rollout.rewards.reshape(-1)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])

@@ -139,9 +139,12 @@ class PPOConfig:
         """Transitions per rollout (per update() call)."""
         return self.num_steps * self.num_envs
 
-    def updates_for(self, total_env_steps: int) -> int:
-        """How many update() calls a budget of `total_env_steps` agent steps gives (for `total_updates`)."""
-        return max(1, total_env_steps // self.rollout_size)
+    def updates_for(self, total_env_steps: int, num_envs: int | None = None) -> int:
+        """How many update() calls a budget of `total_env_steps` agent steps gives (for `total_updates`).
+
+        `num_envs`: the envs actually stepped (workers x envs per worker) when it differs from `self.num_envs`.
+        """
+        return max(1, total_env_steps // (self.num_steps * (num_envs or self.num_envs)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -153,8 +156,8 @@ class PPOPolicy(Policy):
     `act()` returns actions for the env (continuous: clipped to [-1, 1]) and extras:
     `logprob` (B,) of the sampled action, `value` (B,), and `raw_action`, the unclipped sample that the
     rollout must store (continuous (B, dim) float32; discrete (B,) int64, same as the action).
-    Sampling uses `self.generator` when set (a torch.Generator on the policy's device), else torch's
-    global RNG, so workers and learners can make exploration reproducible.
+    Sampling uses `self.generator` when set (a torch.Generator on the policy's device; `set_seed` makes
+    one), else torch's global RNG, so workers and learners can make exploration reproducible.
     """
 
     def __init__(
@@ -186,6 +189,11 @@ class PPOPolicy(Policy):
     @property
     def continuous(self) -> bool:
         return self.action_kind == "continuous"
+
+    def set_seed(self, seed: int) -> None:
+        """Give exploration its own seeded generator (rollout workers call this after rebuilding the policy)."""
+        self.generator = torch.Generator(device=next(self.parameters()).device)
+        self.generator.manual_seed(int(seed))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 obs -> (Gaussian mean or Categorical logits, value (B,))."""
@@ -322,6 +330,11 @@ class Rollout:
     def num_envs(self) -> int:
         return int(self.obs.shape[1])
 
+    @property
+    def episodes(self) -> list[tuple[float, int]]:
+        """Finished episodes as (return, length) pairs."""
+        return [(float(r), int(n)) for r, n in zip(self.episode_returns, self.episode_lengths)]
+
     def check(self, obs_shape: tuple[int, ...], action_spec: ActionSpec) -> None:
         """Refuse a rollout whose shapes or dtypes do not fit the learner, in one line."""
         if self.obs.ndim != 5 or tuple(self.obs.shape[2:]) != tuple(obs_shape):
@@ -359,13 +372,18 @@ class Rollout:
         return Rollout(**kwargs)
 
 
+def concat_rollouts(rollouts: list[Rollout]) -> Rollout:
+    """`Rollout.concat`: join the rollouts of several workers along the env axis."""
+    return Rollout.concat(rollouts)
+
+
 @dataclass
 class RolloutState:
     """What a rollout worker carries between `collect_rollout` calls: the envs' current observations.
 
     `seed`: if set, env i is reset with seed + i on the first call (otherwise plain reset(), e.g. for envs
-    from `make_env(seed=...)`, which seed themselves). `generator`: the sampling RNG (seeded from `seed`,
-    or 0, when not given).
+    from `make_env(seed=...)`, which seed themselves). `generator`: the sampling RNG used when the policy
+    has none of its own (`PPOPolicy.set_seed`); made from `seed` when given, else torch's global RNG is used.
     """
 
     seed: int | None = None
@@ -384,21 +402,28 @@ def _episode_stats(info: dict) -> tuple[float, int] | None:
 
 @torch.no_grad()
 def collect_rollout(
-    envs: list[gym.Env], policy: PPOPolicy, num_steps: int, state: RolloutState, policy_version: int = -1
-) -> Rollout:
-    """Step each env `num_steps` times with the exploring policy; returns the `Rollout` (state updated in place).
+    envs: list[gym.Env],
+    policy: PPOPolicy,
+    num_steps: int,
+    state: RolloutState | None = None,
+    policy_version: int = -1,
+) -> tuple[Rollout, RolloutState]:
+    """Step each env `num_steps` times with the exploring policy; returns (rollout, state).
 
-    Envs are plain gymnasium envs returning uint8 channel-first obs; each is reset when its episode
-    terminates or truncates. Finished episodes are reported from info["episode"] (RecordEpisodeStatistics)
-    when the env has it.
+    Pass the returned state to the next call (it is also updated in place; None on the first call resets
+    every env). Envs are plain gymnasium envs returning uint8 channel-first obs; each is reset when its
+    episode terminates or truncates. Finished episodes are reported from info["episode"]
+    (RecordEpisodeStatistics) when the env has it: `rollout.episode_returns/episode_lengths/episodes`.
     """
     if num_steps < 1:
         raise ConfigError(f"num_steps={num_steps} must be >= 1")
+    state = RolloutState() if state is None else state
     n = len(envs)
     device = next(policy.parameters()).device
-    if state.generator is None:
+    if state.generator is None and state.seed is not None:
         state.generator = torch.Generator(device=device)
-        state.generator.manual_seed(0 if state.seed is None else int(state.seed))
+        state.generator.manual_seed(int(state.seed))
+    generator = policy.generator if policy.generator is not None else state.generator
     if state.obs is None:
         first = [
             env.reset(seed=None if state.seed is None else int(state.seed) + i)[0] for i, env in enumerate(envs)
@@ -425,7 +450,7 @@ def collect_rollout(
     obs = state.obs
     for t in range(num_steps):
         obs_buf[t] = obs
-        actions, extras = policy.sample(torch.as_tensor(obs, device=device), True, state.generator)
+        actions, extras = policy.sample(torch.as_tensor(obs, device=device), True, generator)
         actions_np = actions.cpu().numpy()
         act_buf[t] = extras["raw_action"].cpu().numpy()
         logp_buf[t] = extras["logprob"].cpu().numpy()
@@ -454,12 +479,13 @@ def collect_rollout(
     state.obs = obs
     state.steps += num_steps * n
     next_value = policy.predict_value(torch.as_tensor(obs, device=device)).cpu().numpy().astype(np.float32)
-    return Rollout(
+    rollout = Rollout(
         obs=obs_buf, actions=act_buf, logprob=logp_buf, value=val_buf, rewards=rew_buf,
         terminated=term_buf, truncated=trunc_buf, final_values=final_buf, next_value=next_value,
         episode_returns=np.asarray(ep_returns, np.float32), episode_lengths=np.asarray(ep_lengths, np.int64),
         policy_version=int(policy_version),
     )
+    return rollout, state
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -743,4 +769,4 @@ class PPOLearner(Learner):
 
 
 __all__ = ["PPOConfig", "PPOLearner", "PPOPolicy", "Rollout", "RolloutState", "collect_rollout", "compute_gae",
-           "from_sb3_state_dict", "to_sb3_state_dict"]
+           "concat_rollouts", "from_sb3_state_dict", "to_sb3_state_dict"]
