@@ -1,0 +1,82 @@
+"""The replay-shard actor: a FrameReplay behind Ray, written to by workers and sampled by the learner.
+
+`ReplayShardImpl` is the plain class (tests use it without Ray); `ReplayShard` is the actor class.
+Workers call `shard.add.remote(fragment)` themselves, so sample data never passes through the driver;
+`sample` returns numpy arrays, which the learner reads zero-copy from Ray's object store.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import ray
+
+from distracer.replay.fragment import Fragment
+from distracer.replay.storage import DEFAULT_LZ4_RATIO, FrameReplay
+
+
+class ReplayShardImpl:
+    """One shard: the FrameReplay constructor's arguments, plus a shard index for logs and stats."""
+
+    def __init__(
+        self,
+        capacity: int,
+        frame_shape: tuple[int, ...],
+        action_shape: tuple[int, ...] = (2,),
+        action_dtype: Any = np.float32,
+        frame_stack: int = 4,
+        n_step: int = 1,
+        gamma: float = 0.99,
+        compress: bool = False,
+        seed: int | None = None,
+        lz4_ratio: float = DEFAULT_LZ4_RATIO,
+        shard_index: int = 0,
+    ):
+        self.shard_index = shard_index
+        self.replay = FrameReplay(
+            capacity,
+            frame_shape,
+            action_shape,
+            action_dtype,
+            frame_stack=frame_stack,
+            n_step=n_step,
+            gamma=gamma,
+            compress=compress,
+            seed=seed,
+            lz4_ratio=lz4_ratio,
+        )
+
+    def add(self, fragment: Fragment) -> int:
+        """Store a fragment; returns the shard's total inserted entries (for the driver's rate limiter)."""
+        self.replay.add(fragment)
+        return self.replay.inserts
+
+    def add_many(self, fragments: list[Fragment]) -> int:
+        """Store several fragments in one call (fewer round trips for many small fragments)."""
+        for fragment in fragments:
+            self.replay.add(fragment)
+        return self.replay.inserts
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        return self.replay.sample(batch_size)
+
+    def stats(self) -> dict[str, Any]:
+        """size, capacity, inserts, samples, nbytes (and the compression achieved, with lz4)."""
+        return {"shard_index": self.shard_index, **self.replay.stats()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        self.replay.save(path)
+
+    def restore(self, path: str | os.PathLike) -> dict[str, Any]:
+        self.replay.restore(path)
+        return self.stats()
+
+    def ready(self) -> bool:
+        """Cheap call to wait for the actor to be constructed."""
+        return True
+
+
+# One CPU: sampling and lz4 are CPU-bound. On a 2-core laptop use ReplayShard.options(num_cpus=0.5).
+ReplayShard = ray.remote(num_cpus=1)(ReplayShardImpl)

@@ -1,0 +1,706 @@
+"""Frame replay: one FIFO ring of entries that stores each frame once and rebuilds stacks at sample time.
+
+Layout (why it is small): the seed stored obs and next_obs as two 4x84x84 stacks, 56,448 bytes a
+transition. Here an *entry* is one env step: the newest 84x84 frame (7,056 bytes, or about 1.6 KB
+with lz4) plus ~45 bytes of metadata. obs, next_obs and the overlapping frames of neighbouring
+stacks all point at the same stored frames.
+
+Each entry keeps the slot of the previous and next entry of the same stream. Sampling follows
+`prev` back to rebuild a stack and `next` forward for n-step returns. Slots are reused in FIFO
+order, so every live entry has a sequence number in [oldest, next): an entry whose `prev` points at
+a slot with a sequence number outside that range, or not smaller than its own, has lost its
+predecessor and its stack cannot be rebuilt; such transitions are never sampled.
+
+With `compress=True` frames are lz4-block compressed into a byte arena used as a circular buffer,
+in the same FIFO order as the entries. The arena is sized as `capacity * frame_bytes / lz4_ratio`
+(default ratio 4.0; measured on CarRacing 84x84 grayscale: about 4.4). If frames compress better
+the entry ring fills first and a little arena goes unused; if worse, the arena evicts the oldest
+entries early and fewer transitions are held. Either way memory never exceeds `nbytes`.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+import uuid
+from typing import Any
+
+import lz4.block
+import numpy as np
+import pyarrow as pa
+
+from distracer.errors import ConfigError
+from distracer.replay.fragment import ACTION_DTYPES, Fragment
+
+DEFAULT_LZ4_RATIO = 4.0
+"""Compression assumed when sizing the lz4 arena: a margin under the 4.4x measured on CarRacing frames."""
+
+FORMAT = "distracer.replay/1"
+MANIFEST = "replay.json"
+# Entries written per Arrow record batch: bounds the extra memory a save needs to ~64k frames.
+SAVE_CHUNK = 65536
+
+
+class CorruptReplayError(ConfigError):
+    """A saved replay directory that is missing, truncated, altered or of another layout."""
+
+
+def _metadata_nbytes(action_shape: tuple[int, ...], action_dtype: Any, compress: bool) -> int:
+    """Bytes of per-entry metadata: action, reward, 3 flags, stream, seq, prev, next (+ offset, length)."""
+    action = int(np.prod(action_shape, dtype=np.int64)) * np.dtype(action_dtype).itemsize
+    base = action + 4 + 3 + 8 + 8 + 4 + 4
+    return base + (8 + 4 if compress else 0)
+
+
+def compressed_frame_nbytes(frame_nbytes: int, lz4_ratio: float) -> int:
+    """Arena bytes budgeted per frame with compression."""
+    return math.ceil(frame_nbytes / lz4_ratio)
+
+
+def entry_nbytes(
+    frame_shape: tuple[int, ...],
+    action_shape: tuple[int, ...] = (2,),
+    action_dtype: Any = np.float32,
+    compress: bool = False,
+    lz4_ratio: float = DEFAULT_LZ4_RATIO,
+) -> int:
+    """Bytes one entry (one transition) costs in a FrameReplay: the figure capacity sizing divides by."""
+    frame = int(np.prod(frame_shape, dtype=np.int64))
+    frame_cost = compressed_frame_nbytes(frame, lz4_ratio) if compress else frame
+    return frame_cost + _metadata_nbytes(action_shape, action_dtype, compress)
+
+
+class FrameReplay:
+    """A FIFO replay of env-step entries from many streams, sampled as stacked n-step transitions.
+
+    Args:
+        capacity: entries held (about one transition each).
+        frame_shape: one frame, (H, W) grayscale or (H, W, C); stacked channel-first at sample time.
+        action_shape: one action, () for a discrete index.
+        action_dtype: float32 (continuous) or int64 (discrete).
+        frame_stack: frames per observation, oldest first.
+        n_step: reward steps summed into one target (fewer at episode ends or the stream's head).
+        gamma: discount per step.
+        compress: lz4-compress frames into a byte arena.
+        seed: seeds the sampler.
+        lz4_ratio: compression assumed when sizing the arena (ignored without compression).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        frame_shape: tuple[int, ...],
+        action_shape: tuple[int, ...] = (2,),
+        action_dtype: Any = np.float32,
+        frame_stack: int = 4,
+        n_step: int = 1,
+        gamma: float = 0.99,
+        compress: bool = False,
+        seed: int | None = None,
+        lz4_ratio: float = DEFAULT_LZ4_RATIO,
+    ):
+        self.capacity = int(capacity)
+        self.frame_shape = tuple(int(d) for d in frame_shape)
+        self.action_shape = tuple(int(d) for d in action_shape)
+        self.action_dtype = np.dtype(action_dtype)
+        self.frame_stack = int(frame_stack)
+        self.n_step = int(n_step)
+        self.gamma = float(gamma)
+        self.compress = bool(compress)
+        self.seed = seed
+        self.lz4_ratio = float(lz4_ratio)
+        self._check_args()
+        self._frame_nbytes = int(np.prod(self.frame_shape))
+        self._allocate()
+        self._reset_state()
+        self._rng = np.random.default_rng(seed)
+
+    # ----------------------------------------------------------------------------------- setup
+
+    def _check_args(self) -> None:
+        if self.capacity < 2:
+            raise ConfigError(f"replay capacity={self.capacity} must be >= 2")
+        if len(self.frame_shape) not in (2, 3) or min(self.frame_shape) < 1:
+            raise ConfigError(f"replay frame_shape={self.frame_shape} must be (H, W) or (H, W, C)")
+        if self.action_dtype not in ACTION_DTYPES:
+            raise ConfigError(f"replay action_dtype={self.action_dtype} must be float32 or int64")
+        if self.frame_stack < 1:
+            raise ConfigError(f"replay frame_stack={self.frame_stack} must be >= 1")
+        if self.n_step < 1:
+            raise ConfigError(f"replay n_step={self.n_step} must be >= 1")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError(f"replay gamma={self.gamma} must be in [0, 1]")
+        if self.compress and self.lz4_ratio <= 0:
+            raise ConfigError(f"replay lz4_ratio={self.lz4_ratio} must be > 0")
+
+    def _allocate(self) -> None:
+        # np.zeros maps fresh pages lazily: resident memory grows as the ring fills, up to nbytes.
+        cap = self.capacity
+        self._action = np.zeros((cap, *self.action_shape), self.action_dtype)
+        self._reward = np.zeros(cap, np.float32)
+        self._terminated = np.zeros(cap, bool)
+        self._truncated = np.zeros(cap, bool)
+        self._first = np.zeros(cap, bool)
+        self._stream = np.zeros(cap, np.int64)
+        self._seq = np.zeros(cap, np.int64)
+        self._prev = np.full(cap, -1, np.int32 if cap < 2**31 else np.int64)
+        self._next = np.full(cap, -1, self._prev.dtype)
+        if self.compress:
+            arena = cap * compressed_frame_nbytes(self._frame_nbytes, self.lz4_ratio)
+            # The arena must hold at least a few incompressible frames (lz4's worst-case bound).
+            arena = max(arena, 4 * lz4_bound(self._frame_nbytes))
+            self._arena = np.zeros(arena, np.uint8)
+            self._offset = np.zeros(cap, np.int64)
+            self._length = np.zeros(cap, np.int32)
+            self._frames = None
+        else:
+            self._frames = np.zeros((cap, *self.frame_shape), np.uint8)
+        # Decompression scratch for one batch (about 2*B*k frames): working memory outside nbytes.
+        self._scratch: np.ndarray | None = None
+
+    def _reset_state(self) -> None:
+        self._oldest = 0  # sequence number of the oldest live entry
+        self._next_seq = 0  # sequence number the next entry gets; live entries are [oldest, next_seq)
+        self._transitions = 0  # live entries that are not reset frames
+        self._head = 0  # next free arena byte
+        self._last: dict[int, tuple[int, int]] = {}  # stream -> (slot, seq) of its newest entry
+        self.inserts = 0
+        self.samples = 0
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-friendly), e.g. to rebuild an equal replay."""
+        return {
+            "capacity": self.capacity,
+            "frame_shape": list(self.frame_shape),
+            "action_shape": list(self.action_shape),
+            "action_dtype": self.action_dtype.name,
+            "frame_stack": self.frame_stack,
+            "n_step": self.n_step,
+            "gamma": self.gamma,
+            "compress": self.compress,
+            "seed": self.seed,
+            "lz4_ratio": self.lz4_ratio,
+        }
+
+    # ------------------------------------------------------------------------------ size
+
+    def __len__(self) -> int:
+        """Transitions held (live entries that are not reset frames).
+
+        The few at the ring's tail whose stack lost a frame to eviction are counted but never sampled.
+        """
+        return self._transitions
+
+    @property
+    def num_entries(self) -> int:
+        return self._next_seq - self._oldest
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array the replay holds (allocated up front; resident once filled)."""
+        arrays = [self._action, self._reward, self._terminated, self._truncated, self._first]
+        arrays += [self._stream, self._seq, self._prev, self._next]
+        arrays += [self._arena, self._offset, self._length] if self.compress else [self._frames]
+        return int(sum(a.nbytes for a in arrays))
+
+    def stats(self) -> dict[str, Any]:
+        out = {
+            "size": len(self),
+            "entries": self.num_entries,
+            "capacity": self.capacity,
+            "inserts": self.inserts,
+            "samples": self.samples,
+            "nbytes": self.nbytes,
+            "streams": len(self._last),
+        }
+        if self.compress and self.num_entries:
+            stored = int(self._length[self._live_slots()].sum(dtype=np.int64))
+            out["frame_bytes_stored"] = stored
+            out["compression_ratio"] = self.num_entries * self._frame_nbytes / max(stored, 1)
+        return out
+
+    def _live_slots(self) -> np.ndarray:
+        return np.arange(self._oldest, self._next_seq, dtype=np.int64) % self.capacity
+
+    # ------------------------------------------------------------------------------ insert
+
+    def add(self, fragment: Fragment) -> None:
+        """Append a fragment's entries; its stream continues from its previous fragment, if still held."""
+        fragment.validate(self.frame_shape, self.action_shape, self.action_dtype)
+        self._check_continuity(fragment)
+        stream = int(fragment.stream_id)
+        if self.compress:
+            frames = [lz4.block.compress(f, store_size=False) for f in np.ascontiguousarray(fragment.frames)]
+        else:
+            frames = fragment.frames
+        for i in range(len(fragment)):
+            self._insert(
+                stream,
+                frames[i],
+                fragment.actions[i],
+                float(fragment.rewards[i]),
+                bool(fragment.terminated[i]),
+                bool(fragment.truncated[i]),
+                bool(fragment.first[i]),
+            )
+        self.inserts += len(fragment)
+
+    def _check_continuity(self, fragment: Fragment) -> None:
+        last = self._last.get(int(fragment.stream_id))
+        if last is None or fragment.first[0] or not self._is_live(last[1]):
+            return
+        slot = last[0]
+        if self._terminated[slot] or self._truncated[slot]:
+            raise ValueError(
+                f"fragment of stream {fragment.stream_id} continues an episode that already ended; "
+                "its first entry must be a reset frame (first=True)"
+            )
+
+    def _is_live(self, seq: int) -> bool:
+        return self._oldest <= seq < self._next_seq
+
+    def _insert(
+        self, stream: int, frame: Any, action: Any, reward: float, terminated: bool, truncated: bool, first: bool
+    ) -> None:
+        seq = self._next_seq
+        slot = seq % self.capacity
+        if seq - self._oldest >= self.capacity:
+            self._evict_to(seq - self.capacity + 1)
+        if self.compress:
+            self._store_blob(slot, frame)
+        else:
+            self._frames[slot] = frame
+        self._action[slot] = action
+        self._reward[slot] = reward
+        self._terminated[slot] = terminated
+        self._truncated[slot] = truncated
+        self._first[slot] = first
+        self._stream[slot] = stream
+        self._seq[slot] = seq
+        self._next[slot] = -1
+        self._prev[slot] = -1
+        last = self._last.get(stream)
+        # Link within an episode only; the arena may just have evicted the predecessor, so check liveness now.
+        if not first:
+            if last is not None and self._is_live(last[1]):
+                self._prev[slot] = last[0]
+                self._next[last[0]] = slot
+            self._transitions += 1
+        self._last[stream] = (slot, seq)
+        self._next_seq = seq + 1
+
+    def _evict_to(self, new_oldest: int) -> None:
+        """Drop entries with seq < new_oldest (FIFO), keeping the transition count exact."""
+        if new_oldest <= self._oldest:
+            return
+        slots = np.arange(self._oldest, new_oldest, dtype=np.int64) % self.capacity
+        self._transitions -= int(np.count_nonzero(~self._first[slots]))
+        self._oldest = new_oldest
+
+    def _store_blob(self, slot: int, blob: bytes) -> None:
+        size = len(blob)
+        offset = self._reserve(size)
+        self._arena[offset : offset + size] = np.frombuffer(blob, np.uint8)
+        self._offset[slot] = offset
+        self._length[slot] = size
+
+    def _reserve(self, size: int) -> int:
+        """Arena bytes for a new blob, evicting the oldest entries that sit where it goes.
+
+        Live blobs lie in seq order along the arena, circularly. A blob that does not fit before the
+        end goes to offset 0; the end's unused tail is skipped, and the (oldest) blobs still there go.
+        """
+        arena = self._arena.size
+        if size > arena:
+            raise ValueError(f"a compressed frame of {size} bytes exceeds the replay arena of {arena} bytes")
+        start = self._head
+        wrapped = start + size > arena
+        if wrapped:
+            start = 0
+        end = start + size
+        while self._oldest < self._next_seq:
+            oldest = self._oldest % self.capacity
+            lo = int(self._offset[oldest])
+            hi = lo + int(self._length[oldest])
+            in_skipped_tail = wrapped and lo >= self._head
+            if not (in_skipped_tail or (lo < end and hi > start)):
+                break
+            self._evict_to(self._oldest + 1)
+        self._head = end
+        return start
+
+    # ------------------------------------------------------------------------------ sample
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch of uniformly drawn transitions.
+
+        Returns obs and next_obs uint8 [B, k*C, H, W] (oldest frame first, frames before the
+        episode's start replaced by its reset frame), action [B, *action_shape], reward float32 [B]
+        (the m-step discounted sum, m <= n_step), discount float32 [B] = gamma^m * (1 - terminated).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if len(self) == 0:
+            raise ValueError("the replay holds no transitions yet")
+        anchors = self._draw_anchors(batch_size)
+        obs_idx, _ = self._stack_indices(self._prev[anchors].astype(np.int64))
+        last, reward, steps, terminated = self._n_step(anchors)
+        next_idx, _ = self._stack_indices(last)
+        obs, next_obs = self._gather(obs_idx, next_idx)
+        discount = self.gamma ** steps.astype(np.float64) * (1.0 - terminated)
+        self.samples += batch_size
+        return {
+            "obs": obs,
+            "action": self._action[anchors],
+            "reward": reward.astype(np.float32),
+            "next_obs": next_obs,
+            "discount": discount.astype(np.float32),
+        }
+
+    def _draw_anchors(self, batch_size: int) -> np.ndarray:
+        """Slots of entries whose incoming transition can be rebuilt: uniform by rejection."""
+        found: list[np.ndarray] = []
+        need = batch_size
+        for _ in range(64):
+            # Draw extra and keep the first valid ones: still i.i.d. uniform over valid transitions.
+            seqs = self._oldest + self._rng.integers(0, self.num_entries, size=max(2 * need, 32))
+            slots = seqs % self.capacity
+            prev = self._prev[slots].astype(np.int64)
+            ok = ~self._first[slots] & self._pred_live(prev, slots)
+            slots, prev = slots[ok], prev[ok]
+            _, stack_ok = self._stack_indices(prev)
+            slots = slots[stack_ok][:need]
+            found.append(slots)
+            need -= slots.size
+            if need == 0:
+                return np.concatenate(found)
+        raise ValueError(
+            f"only {batch_size - need} of {batch_size} sampled transitions could be rebuilt after 64 rounds: "
+            "too few entries have their frame stack in the replay"
+        )
+
+    def _pred_live(self, prev: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Whether each `prev` slot still holds the predecessor of the entry at `slots`."""
+        pseq = self._seq[prev]  # prev == -1 reads the last slot; masked out below
+        return (prev >= 0) & (pseq >= self._oldest) & (pseq < self._seq[slots])
+
+    def _stack_indices(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slots [B, k] of the frames stacked into the observation ending at `ends`, and their validity.
+
+        Walks `prev` back k-1 times; at an episode's reset frame it stays there (the padding
+        gymnasium's FrameStackObservation applies). Invalid where a needed frame was evicted.
+        """
+        k = self.frame_stack
+        idx = np.empty((ends.size, k), np.int64)
+        valid = np.ones(ends.size, bool)
+        cur = ends
+        idx[:, k - 1] = cur
+        for j in range(k - 2, -1, -1):
+            at_reset = self._first[cur]
+            prev = self._prev[cur].astype(np.int64)
+            ok = at_reset | self._pred_live(prev, cur)
+            valid &= ok
+            cur = np.where(at_reset | ~ok, cur, prev)
+            idx[:, j] = cur
+        return idx, valid
+
+    def _n_step(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Follow `next` up to n-1 times from each anchor, stopping at an episode's end or the stream's head.
+
+        Returns the last entry's slot, the discounted reward sum, the steps summed and its terminated flag.
+        """
+        cur = anchors
+        ret = self._reward[cur].astype(np.float64)
+        steps = np.ones(anchors.size, np.int64)
+        done = self._terminated[cur] | self._truncated[cur]
+        for j in range(1, self.n_step):
+            nxt = self._next[cur].astype(np.int64)
+            go = ~done & (nxt >= 0)
+            cur = np.where(go, nxt, cur)
+            ret += np.where(go, self.gamma**j * self._reward[cur], 0.0)
+            steps += go
+            done |= go & (self._terminated[cur] | self._truncated[cur])
+        return cur, ret, steps, self._terminated[cur].astype(np.float64)
+
+    def _gather(self, obs_idx: np.ndarray, next_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # One output allocation for both stacks: two separate multi-MB arrays per call page-fault
+        # fresh memory each time under glibc's malloc (measured ~15 ms vs ~2 ms for batch 256).
+        both = np.concatenate([obs_idx.ravel(), next_idx.ravel()])
+        if self.compress:
+            # Decompress each distinct frame once: obs and next_obs stacks share most of theirs.
+            unique, inverse = np.unique(both, return_inverse=True)
+            frames = np.take(self._decompress(unique), inverse, axis=0)
+        else:
+            frames = self._frames[both]
+        stacked = self._to_channels_first(frames, 2 * obs_idx.shape[0])
+        return stacked[: obs_idx.shape[0]], stacked[obs_idx.shape[0] :]
+
+    def _decompress(self, slots: np.ndarray) -> np.ndarray:
+        """Frames at `slots`, decompressed into a scratch buffer reused across calls (valid until the next)."""
+        if self._scratch is None or self._scratch.shape[0] < slots.size:
+            # Reused because fresh multi-MB buffers cost a page fault per 4 KiB on every call.
+            self._scratch = np.empty((slots.size, *self.frame_shape), np.uint8)
+        out = self._scratch[: slots.size]
+        flat = out.reshape(slots.size, -1)
+        arena = memoryview(self._arena)
+        offsets, lengths = self._offset[slots].tolist(), self._length[slots].tolist()
+        for i, (lo, n) in enumerate(zip(offsets, lengths)):
+            raw = lz4.block.decompress(arena[lo : lo + n], uncompressed_size=self._frame_nbytes)
+            flat[i] = np.frombuffer(raw, np.uint8)
+        return out
+
+    def _to_channels_first(self, frames: np.ndarray, batch: int) -> np.ndarray:
+        """[B*k, H, W(, C)] -> [B, k*C, H, W], oldest frame first."""
+        k = self.frame_stack
+        if len(self.frame_shape) == 2:
+            return frames.reshape(batch, k, *self.frame_shape)
+        h, w, c = self.frame_shape
+        return np.ascontiguousarray(frames.reshape(batch, k, h, w, c).transpose(0, 1, 4, 2, 3)).reshape(
+            batch, k * c, h, w
+        )
+
+    # ------------------------------------------------------------------------------ save / restore
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the live entries and sampler state to directory `path` (Arrow IPC + JSON manifest).
+
+        Atomic: the data goes to a new uniquely named file, then the manifest naming it and its
+        checksum replaces the old one in one os.replace; a crash leaves the previous save intact.
+        """
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        name = f"replay-{uuid.uuid4().hex[:12]}.arrow"
+        data_path = os.path.join(path, name)
+        rows = self._write_arrow(data_path + ".tmp")
+        digest, size = _file_digest(data_path + ".tmp")
+        os.replace(data_path + ".tmp", data_path)
+        manifest = {
+            "format": FORMAT,
+            "data": name,
+            "bytes": size,
+            "sha256": digest,
+            "rows": rows,
+            "config": self.config(),
+            "state": {
+                "oldest": self._oldest,
+                "next_seq": self._next_seq,
+                "inserts": self.inserts,
+                "samples": self.samples,
+                "rng": self._rng.bit_generator.state,
+            },
+        }
+        _write_atomic(os.path.join(path, MANIFEST), json.dumps(manifest).encode())
+        _fsync_dir(path)
+        for stale in glob.glob(os.path.join(path, "replay-*.arrow*")):
+            if os.path.basename(stale) != name:
+                os.remove(stale)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **overrides: Any) -> FrameReplay:
+        """A replay built from a saved directory's config (`overrides` replace config values) and restored."""
+        manifest = _read_manifest(os.fspath(path))
+        config = {**manifest["config"], **overrides}
+        replay = cls(**config)
+        replay.restore(path)
+        return replay
+
+    def restore(self, path: str | os.PathLike) -> None:
+        """Replace this replay's contents with a saved directory's, checking it first.
+
+        Frame and action layout must match; capacity, compression, stack and n-step may differ
+        (with equal capacity and compression the sampler continues exactly as saved).
+        """
+        path = os.fspath(path)
+        manifest = _read_manifest(path)
+        self._check_compatible(manifest, path)
+        data_path = os.path.join(path, manifest["data"])
+        _verify_file(data_path, manifest)
+        fresh = FrameReplay(**self.config())
+        fresh._load_arrow(data_path, manifest)
+        self.__dict__.update(fresh.__dict__)
+
+    def _check_compatible(self, manifest: dict[str, Any], path: str) -> None:
+        config = manifest["config"]
+        mine = self.config()
+        for key in ("frame_shape", "action_shape", "action_dtype"):
+            if config.get(key) != mine[key]:
+                raise ConfigError(f"saved replay {path} has {key}={config.get(key)}, this replay {mine[key]}")
+
+    def _schema(self, compressed: bool) -> pa.Schema:
+        action_type = pa.from_numpy_dtype(self.action_dtype)
+        width = max(1, int(np.prod(self.action_shape, dtype=np.int64)))
+        frame_type = pa.large_binary() if compressed else pa.binary(self._frame_nbytes)
+        return pa.schema(
+            [
+                ("seq", pa.int64()),
+                ("stream", pa.int64()),
+                ("frame", frame_type),
+                ("action", pa.list_(action_type, width)),
+                ("reward", pa.float32()),
+                ("terminated", pa.bool_()),
+                ("truncated", pa.bool_()),
+                ("first", pa.bool_()),
+            ],
+            metadata={"format": FORMAT},
+        )
+
+    def _write_arrow(self, file_path: str) -> int:
+        schema = self._schema(self.compress)
+        with pa.OSFile(file_path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for start in range(self._oldest, self._next_seq, SAVE_CHUNK):
+                seqs = np.arange(start, min(start + SAVE_CHUNK, self._next_seq), dtype=np.int64)
+                writer.write_batch(self._record_batch(seqs % self.capacity, schema))
+        return self.num_entries
+
+    def _record_batch(self, slots: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
+        n = slots.size
+        width = schema.field("action").type.list_size
+        actions = np.ascontiguousarray(self._action[slots]).reshape(n * width)
+        columns = [
+            pa.array(self._seq[slots]),
+            pa.array(self._stream[slots]),
+            self._frame_column(slots),
+            pa.FixedSizeListArray.from_arrays(pa.array(actions), width),
+            pa.array(self._reward[slots]),
+            pa.array(self._terminated[slots]),
+            pa.array(self._truncated[slots]),
+            pa.array(self._first[slots]),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+    def _frame_column(self, slots: np.ndarray) -> pa.Array:
+        n = slots.size
+        if not self.compress:
+            frames = np.ascontiguousarray(self._frames[slots])
+            return pa.FixedSizeBinaryArray.from_buffers(pa.binary(self._frame_nbytes), n, [None, pa.py_buffer(frames)])
+        lengths = self._length[slots].astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        arena = memoryview(self._arena)
+        data = b"".join(arena[lo : lo + m] for lo, m in zip(self._offset[slots].tolist(), lengths.tolist()))
+        return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+    def _load_arrow(self, data_path: str, manifest: dict[str, Any]) -> None:
+        saved_compressed = bool(manifest["config"]["compress"])
+        expected = self._schema(saved_compressed)
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(data_path, "r"))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CorruptReplayError(f"saved replay {data_path} is not a readable Arrow file: {exc}") from exc
+        if not reader.schema.remove_metadata().equals(expected.remove_metadata()):
+            raise CorruptReplayError(f"saved replay {data_path} has schema {reader.schema}, expected {expected}")
+        state = manifest["state"]
+        self._oldest = self._next_seq = int(state["oldest"])
+        rows = 0
+        for i in range(reader.num_record_batches):
+            rows += self._load_batch(reader.get_batch(i), saved_compressed, data_path)
+        if rows != manifest["rows"] or self._next_seq != int(state["next_seq"]):
+            raise CorruptReplayError(
+                f"saved replay {data_path} holds {rows} entries ending at seq {self._next_seq}; "
+                f"the manifest says {manifest['rows']} ending at {state['next_seq']}"
+            )
+        self.inserts, self.samples = int(state["inserts"]), int(state["samples"])
+        self._rng.bit_generator.state = state["rng"]
+
+    def _load_batch(self, batch: pa.RecordBatch, saved_compressed: bool, data_path: str) -> int:
+        n = len(batch)
+        seqs = batch.column("seq").to_numpy()
+        if n and (seqs[0] != self._next_seq or np.any(np.diff(seqs) != 1)):
+            raise CorruptReplayError(f"saved replay {data_path}: entry sequence numbers are not contiguous")
+        actions = batch.column("action").flatten().to_numpy().reshape(n, *self.action_shape)
+        streams = batch.column("stream").to_numpy().tolist()
+        rewards = batch.column("reward").to_numpy().tolist()
+        terminated, truncated, first = (
+            batch.column(k).to_numpy(zero_copy_only=False).tolist() for k in ("terminated", "truncated", "first")
+        )
+        frames = self._saved_frames(batch.column("frame"), saved_compressed)
+        for i in range(n):
+            frame = self._convert_frame(frames[i], saved_compressed)
+            self._insert(streams[i], frame, actions[i], rewards[i], terminated[i], truncated[i], first[i])
+        return n
+
+    def _saved_frames(self, column: pa.Array, saved_compressed: bool) -> Any:
+        """Zero-copy views of a saved frame column: raw frames as an array, blobs as memoryview slices."""
+        n, start = len(column), column.offset
+        if not saved_compressed:
+            flat = np.frombuffer(column.buffers()[1], np.uint8)
+            return flat[start * self._frame_nbytes : (start + n) * self._frame_nbytes].reshape(n, *self.frame_shape)
+        offsets = np.frombuffer(column.buffers()[1], np.int64)[start : start + n + 1].tolist()
+        data = memoryview(column.buffers()[2])
+        return [data[offsets[i] : offsets[i + 1]] for i in range(n)]
+
+    def _convert_frame(self, frame: Any, saved_compressed: bool) -> Any:
+        """A saved frame in the form `_insert` takes for this replay's compression setting."""
+        if saved_compressed:
+            if self.compress:
+                return frame
+            raw = lz4.block.decompress(frame, uncompressed_size=self._frame_nbytes)
+            return np.frombuffer(raw, np.uint8).reshape(self.frame_shape)
+        return lz4.block.compress(frame, store_size=False) if self.compress else frame
+
+
+def lz4_bound(n: int) -> int:
+    """lz4's worst-case compressed size of n bytes (LZ4_COMPRESSBOUND)."""
+    return n + n // 255 + 16
+
+
+def _file_digest(path: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the replace is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_manifest(path: str) -> dict[str, Any]:
+    manifest_path = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise CorruptReplayError(f"no saved replay in {path}: {MANIFEST} is missing")
+    try:
+        with open(manifest_path, "rb") as f:
+            manifest = json.loads(f.read())
+    except (OSError, ValueError) as exc:
+        raise CorruptReplayError(f"saved replay manifest {manifest_path} is unreadable: {exc}") from exc
+    required = ("format", "data", "bytes", "sha256", "rows", "config", "state")
+    if not isinstance(manifest, dict) or any(k not in manifest for k in required):
+        raise CorruptReplayError(f"saved replay manifest {manifest_path} lacks fields {required}")
+    if manifest["format"] != FORMAT:
+        raise CorruptReplayError(f"saved replay {path} has format {manifest['format']!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def _verify_file(data_path: str, manifest: dict[str, Any]) -> None:
+    if not os.path.isfile(data_path):
+        raise CorruptReplayError(f"saved replay data {data_path} is missing")
+    size = os.path.getsize(data_path)
+    if size != manifest["bytes"]:
+        raise CorruptReplayError(
+            f"saved replay data {data_path} is {size} bytes, the manifest says {manifest['bytes']} (truncated?)"
+        )
+    digest, _ = _file_digest(data_path)
+    if digest != manifest["sha256"]:
+        raise CorruptReplayError(f"saved replay data {data_path} fails its sha256 check (corrupted)")
