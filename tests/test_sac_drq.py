@@ -224,4 +224,10 @@ def test_worker_policy_acts_like_learner():
     np.testing.assert_array_equal(actions.numpy(), learner.act(obs, explore=False))
     explored, _ = policy.act(torch.as_tensor(obs), explore=True)
     assert explored.shape == (8, 2) and torch.all(explored.abs() <= 1)
+    # Seeded exploration (as workers do it) is reproducible and differs from the deterministic action.
+    policy.set_seed(11)
+    first, _ = policy.act(torch.as_tensor(obs), explore=True)
+    policy.set_seed(11)
+    second, _ = policy.act(torch.as_tensor(obs), explore=True)
+    assert torch.equal(first, second) and not torch.equal(first, actions)
 

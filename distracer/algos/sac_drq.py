@@ -210,12 +210,20 @@ class SACPolicy(Policy):
         self.obs_shape = tuple(obs_shape)
         self.encoder = DrQEncoder(self.obs_shape, feature_dim)
         self.actor = GaussianActor(feature_dim, action_dim, hidden_dim, hidden_depth, log_std_min, log_std_max)
+        self.generator: torch.Generator | None = None
+        """Exploration noise RNG when set (`set_seed`), else torch's global RNG."""
+
+    def set_seed(self, seed: int) -> None:
+        """Give exploration its own seeded generator (rollout workers call this after rebuilding the policy)."""
+        self.generator = torch.Generator(device=next(self.parameters()).device)
+        self.generator.manual_seed(int(seed))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mean, log_std = self.actor(self.encoder(obs))
         if explore:
-            mean = mean + log_std.exp() * torch.randn_like(mean)
+            noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=self.generator)
+            mean = mean + log_std.exp() * noise
         return torch.tanh(mean).float(), {}
 
 
