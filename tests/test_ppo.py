@@ -294,3 +294,12 @@ def test_worker_style_collection_is_reproducible_per_seed():
         assert rollout.episodes == [(float(r), 1) for r in rollout.rewards.reshape(-1)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
+
+
+def test_target_kl_stops_the_epochs_early():
+    learner, rollout = learner_and_rollout(target_kl=1e-5, minibatch_size=16)
+    metrics = learner.update(rollout)
+    assert metrics["early_stopped"] == 1.0 and metrics["last_approx_kl"] > 1.5e-5
+    assert 1 <= metrics["gradient_steps"] < 4 * 128 / 16
+    full = learner_and_rollout(minibatch_size=16)[0].update(rollout)
+    assert full["early_stopped"] == 0.0 and full["gradient_steps"] == 4 * 128 / 16

@@ -593,8 +593,8 @@ class PPOLearner(Learner):
         super().__init__(obs_shape, action_spec, device, seed)
         self.config = config
         # Deterministic init from the seed without touching torch's global RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # CPU RNG only; the CUDA RNG is left alone
+            torch.default_generator.manual_seed(seed)
             self.policy = PPOPolicy(**self.policy_spec()).to(self.device)
         self.policy.generator = self.generator
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=config.adam_eps)
@@ -695,8 +695,8 @@ class PPOLearner(Learner):
             group["lr"] = lr
         self.policy.train()
         params = list(self.policy.parameters())
-        sums: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0,
-                                  "clip_fraction": 0.0, "grad_norm": 0.0, "loss": 0.0}
+        names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "loss")
+        sums = torch.zeros(len(names), device=dev, dtype=torch.float64)  # summed on device: no per-step sync
         steps = 0
         epochs_done = 0
         early_stop = False
@@ -726,30 +726,35 @@ class PPOLearner(Learner):
                 with torch.no_grad():
                     approx_kl = ((ratio - 1) - log_ratio).mean()
                     clip_fraction = ((ratio - 1).abs() > cfg.clip_range).float().mean()
-                check_finite({"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean})
-                last_kl = approx_kl.item()
-                if cfg.target_kl is not None and last_kl > 1.5 * cfg.target_kl:
-                    early_stop = True  # SB3: stop before stepping on this minibatch
-                    break
+                if cfg.target_kl is not None:
+                    last_kl = approx_kl.item()
+                    if last_kl > 1.5 * cfg.target_kl:
+                        early_stop = True  # SB3: stop before stepping on this minibatch
+                        break
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                checked = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean}
                 if not self.scaler.is_enabled():  # fp16 overflow is the scaler's business (it skips the step)
-                    check_finite({"grad_norm": grad_norm})
+                    checked["grad_norm"] = grad_norm
+                # One host sync per step: a single finiteness test, then name the culprit if it fails.
+                if not bool(torch.isfinite(torch.stack([v.detach().float() for v in checked.values()])).all()):
+                    check_finite(checked)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 steps += 1
-                for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
-                                   ("entropy", entropy_mean), ("approx_kl", approx_kl),
-                                   ("clip_fraction", clip_fraction), ("grad_norm", grad_norm), ("loss", loss)):
-                    sums[key] += float(value.item())
+                sums += torch.stack([policy_loss, value_loss, entropy_mean, approx_kl, clip_fraction, grad_norm,
+                                     loss]).detach().double()
             epochs_done += 1
             if early_stop:
                 break
         self.policy.eval()
 
-        metrics = {key: (value / steps if steps else float("nan")) for key, value in sums.items()}
+        means = (sums / max(steps, 1)).tolist()
+        metrics = {key: (value if steps else float("nan")) for key, value in zip(names, means)}
+        if cfg.target_kl is None and steps:
+            last_kl = float(approx_kl.item())
         metrics.update({
             "explained_variance": explained_var,
             "lr": lr,
