@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distracer.algos.augment import RandomShiftsAug
@@ -91,6 +92,31 @@ def test_random_shift_stays_within_pad_and_covers_every_shift(dtype, pad):
     allowed = set(range(-pad, pad + 1))
     assert set(dys) == allowed and set(dxs) == allowed
     assert len(set(zip(dys, dxs))) > (2 * pad + 1) ** 2 // 2  # independent axes, not one shared shift
+
+
+def _drqv2_grid_sample_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ-v2's original RandomShiftsAug (replicate pad + grid_sample), the reference the gather version matches."""
+    n, _, h, _ = x.shape
+    dtype = x.dtype
+    x = F.pad(x.float(), (pad,) * 4, mode="replicate")
+    eps = 1.0 / (h + 2 * pad)
+    arange = torch.linspace(-1.0 + eps, 1.0 - eps, h + 2 * pad)[:h]
+    arange = arange.unsqueeze(0).repeat(h, 1).unsqueeze(2)
+    base_grid = torch.cat([arange, arange.transpose(1, 0)], dim=2).unsqueeze(0).repeat(n, 1, 1, 1)
+    shift = torch.randint(0, 2 * pad + 1, size=(n, 1, 1, 2), generator=generator).to(base_grid.dtype)
+    shift *= 2.0 / (h + 2 * pad)
+    out = F.grid_sample(x, base_grid + shift, padding_mode="zeros", align_corners=False)
+    return out.round().to(dtype)
+
+
+def test_random_shift_matches_drqv2_reference():
+    x = torch.randint(0, 256, (64, 4, 36, 36), dtype=torch.uint8)
+    ours = RandomShiftsAug(4)(x, torch.Generator().manual_seed(5))
+    reference = _drqv2_grid_sample_shift(x, 4, torch.Generator().manual_seed(5))
+    assert torch.equal(ours, reference)
+    # Float input: exact integer shifts of the same images (grid_sample is off by up to ~4e-3 on 0..255 floats).
+    ours_float = RandomShiftsAug(4)(x.float(), torch.Generator().manual_seed(5))
+    assert ours_float.dtype == torch.float32 and torch.equal(ours_float, ours.float())
 
 
 def test_random_shift_is_reproducible_per_generator_and_independent_per_image():

@@ -306,9 +306,9 @@ class SACDrQLearner(Learner):
         alpha = self.log_alpha.value.detach().exp()
 
         with self.autocast():
-            # One augmentation call for obs and next_obs: every image gets its own shift. Pixels go to float
-            # once here (the encoder's /255 then works on the float directly).
-            both = self.aug(torch.cat([obs, next_obs]).float(), self.generator)
+            # One augmentation call for obs and next_obs, every image with its own shift; still uint8 (the
+            # encoder scales to [0, 1] itself).
+            both = self.aug(torch.cat([obs, next_obs]), self.generator)
             obs_aug, next_aug = both.chunk(2)
 
             with torch.no_grad():
