@@ -210,11 +210,27 @@ def to_frames(stacked: np.ndarray, k: int) -> np.ndarray:
 
 
 def run_against_reference(
-    capacity: int, frame_stack: int, n_step: int, compress: bool, lz4_ratio: float = 0.25, seed: int = 0
+    capacity: int,
+    frame_stack: int,
+    n_step: int,
+    compress: bool,
+    lz4_ratio: float = 0.25,
+    seed: int = 0,
+    lz4_level: int = 1,
 ) -> tuple[FrameReplay, Reference]:
     rng = np.random.default_rng(seed)
     replay = FrameReplay(
-        capacity, FRAME, (2,), np.float32, frame_stack, n_step, 0.9, compress, seed=seed, lz4_ratio=lz4_ratio
+        capacity,
+        FRAME,
+        (2,),
+        np.float32,
+        frame_stack,
+        n_step,
+        0.9,
+        compress,
+        seed=seed,
+        lz4_ratio=lz4_ratio,
+        lz4_level=lz4_level,
     )
     ref = Reference()
     streams = make_streams(rng, num_streams=3, steps=120, shape=FRAME, mid_episode=True)
@@ -309,9 +325,10 @@ def test_arena_eviction_when_frames_compress_worse_than_assumed():
     assert check_batch(replay, ref, replay.sample(2000)) == eligible
 
 
-def test_lz4_samples_equal_uncompressed_samples():
+@pytest.mark.parametrize("lz4_level", [0, 1, 9])
+def test_lz4_samples_equal_uncompressed_samples(lz4_level):
     plain, _ = run_against_reference(50, 4, 3, compress=False, seed=3)
-    packed, _ = run_against_reference(50, 4, 3, compress=True, seed=3)
+    packed, _ = run_against_reference(50, 4, 3, compress=True, seed=3, lz4_level=lz4_level)
     for _ in range(3):
         a, b = plain.sample(64), packed.sample(64)
         for key in a:

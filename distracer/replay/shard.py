@@ -14,7 +14,7 @@ import numpy as np
 import ray
 
 from distracer.replay.fragment import Fragment
-from distracer.replay.storage import DEFAULT_LZ4_RATIO, FrameReplay
+from distracer.replay.storage import DEFAULT_LZ4_LEVEL, DEFAULT_LZ4_RATIO, FrameReplay
 
 
 class ReplayShardImpl:
@@ -32,6 +32,7 @@ class ReplayShardImpl:
         compress: bool = False,
         seed: int | None = None,
         lz4_ratio: float = DEFAULT_LZ4_RATIO,
+        lz4_level: int = DEFAULT_LZ4_LEVEL,
         shard_index: int = 0,
     ):
         self.shard_index = shard_index
@@ -46,6 +47,7 @@ class ReplayShardImpl:
             compress=compress,
             seed=seed,
             lz4_ratio=lz4_ratio,
+            lz4_level=lz4_level,
         )
 
     def add(self, fragment: Fragment) -> int:
