@@ -60,6 +60,10 @@ class ResourcesConfig:
     """CPUs of the embedded local Ray (None: all of this machine's)."""
     object_store_memory: str | None = None
     """Object store size of the embedded local Ray, e.g. '300MB' (None: Ray's default, 30% of RAM)."""
+    learner_resources: dict = field(default_factory=dict)
+    """Custom Ray resources the learner actor asks for, e.g. {learner_node: 1} to pin it to a node type."""
+    worker_resources: dict = field(default_factory=dict)
+    """Custom Ray resources each rollout worker and replay shard asks for, e.g. {rollout_node: 0.01}."""
     fragment_length: int = 64
     """Steps per env that a rollout worker collects before pushing a fragment (off-policy)."""
     weights_every: int = 50
@@ -155,6 +159,9 @@ class TrainConfig:
             raise ConfigError(f"seed={self.seed} must be in [0, eval.seed={self.eval.seed}) so eval tracks stay unseen")
         for section in (self.env, self.learner, self.resources, self.replay, self.eval, self.checkpoint):
             section.validate()
+        if self.algo == "ppo" and self.ppo.total_updates == 0:
+            # The schedule's horizon follows the run's step budget unless set explicitly.
+            self.ppo.total_updates = self.ppo.updates_for(self.total_env_steps)
         self.algo_config.validate()
         if self.algo == "dqn" and self.env.action_space != "discrete":
             raise ConfigError("algo=dqn needs discrete actions; set env.action_space=discrete")
@@ -163,6 +170,10 @@ class TrainConfig:
         if self.algo != "ppo" and self.replay.num_shards > self.resources.num_workers:
             raise ConfigError(f"replay.num_shards={self.replay.num_shards} exceeds resources.num_workers="
                               f"{self.resources.num_workers}; each shard needs a worker writing to it")
+        envs = self.resources.num_workers * self.resources.envs_per_worker
+        if self.algo == "ppo" and self.ppo.num_envs != envs:
+            raise ConfigError(f"ppo.num_envs={self.ppo.num_envs} but resources give {envs} envs "
+                              "(num_workers x envs_per_worker); make them equal")
         if self.env.channel_order != "first":
             raise ConfigError("env.channel_order=last is for SB3 interop; the learners take channel-first observations")
         return self

@@ -10,3 +10,18 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded local Ray for every test that allows it (each ray.init costs seconds here)."""
+    import ray
+
+    if not ray.is_initialized():
+        # 4 logical CPUs on 2 cores: a learner, two workers and a shard fit; they mostly wait on each other.
+        ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=200 * 1024**2,
+                 log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +19,10 @@ from torch import nn
 from distracer.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+# Batches from Ray's object store are read-only numpy views; the learner never writes to them, and copying
+# to silence torch's warning would cost a memcpy per batch.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 class NonFiniteLossError(FloatingPointError):

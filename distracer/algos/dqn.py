@@ -111,6 +111,15 @@ class DQNConfig:
             return self.eps_decay_steps
         return max(1, int(self.exploration_fraction * self.exploration_horizon))
 
+    def worker_epsilon(self, env_steps: int, worker_index: int, num_workers: int) -> float:
+        """Epsilon for rollout worker `worker_index` of `num_workers`: Ape-X fixed or the shared decay.
+
+        Lives on the config because the driver, which hands epsilons to workers, holds no learner.
+        """
+        if self.per_worker_epsilon:
+            return apex_epsilons(num_workers, self.apex_base, self.apex_alpha)[worker_index]
+        return epsilon_at(env_steps, self.eps_start, self.eps_end, self.decay_steps)
+
 
 # ----- exploration schedules (pure functions) -----
 def epsilon_at(env_steps: int, eps_start: float = 1.0, eps_end: float = 0.05, decay_steps: int = 100_000) -> float:
@@ -265,9 +274,7 @@ class DQNLearner(Learner):
 
     def worker_epsilon(self, worker_index: int, num_workers: int, env_steps: int) -> float:
         """Epsilon for rollout worker `worker_index` of `num_workers`: Ape-X fixed or the shared decay."""
-        if self.config.per_worker_epsilon:
-            return apex_epsilons(num_workers, self.config.apex_base, self.config.apex_alpha)[worker_index]
-        return self.epsilon(env_steps)
+        return self.config.worker_epsilon(env_steps, worker_index, num_workers)
 
     # ----- learning -----
     def _check_batch(self, batch: dict[str, np.ndarray]) -> None:

@@ -57,6 +57,7 @@ class Counters:
     last_eval: float = float("nan")
     last_eval_std: float = float("nan")
     resumes: int = 0
+    worker_restarts: int = 0
     recent_returns: list[float] = field(default_factory=list)
 
 
@@ -125,10 +126,12 @@ class Driver:
         learner_state = self.checkpoint.learner_state if self.checkpoint else None
         if cfg.algo in OFF_POLICY:
             self._create_shards(capacity)
-        self.learner = ray.remote(num_cpus=cfg.resources.learner_cpus, num_gpus=gpus)(LearnerActor).remote(
+        self.learner = ray.remote(num_cpus=cfg.resources.learner_cpus, num_gpus=gpus,
+                                  resources=cfg.resources.learner_resources or None)(LearnerActor).remote(
             cfg, self.obs_shape, self.action_spec, self.shards, learner_state, gpus > 0)
         self.actors.append(self.learner)
-        worker_cls = ray.remote(num_cpus=cfg.resources.worker_cpus, max_restarts=-1)(RolloutWorker)
+        worker_cls = ray.remote(num_cpus=cfg.resources.worker_cpus, max_restarts=-1,
+                                resources=cfg.resources.worker_resources or None)(RolloutWorker)
         for i in range(cfg.resources.num_workers):
             shard = self.shards[i % len(self.shards)] if self.shards else None
             self.workers.append(worker_cls.remote(cfg, i, shard, self.counters.resumes))
@@ -153,7 +156,8 @@ class Driver:
         cfg, algo = self.config, self.config.algo_config
         frame_shape = self.obs_shape[1:] if cfg.env.grayscale else (*self.obs_shape[1:], 3)
         discrete = self.action_spec.kind == "discrete"
-        shard_cls = ray.remote(num_cpus=cfg.resources.shard_cpus)(ReplayShardImpl)
+        shard_cls = ray.remote(num_cpus=cfg.resources.shard_cpus,
+                               resources=cfg.resources.worker_resources or None)(ReplayShardImpl)
         for i in range(cfg.replay.num_shards):
             shard = shard_cls.remote(
                 capacity=capacity, frame_shape=tuple(frame_shape),
@@ -187,7 +191,10 @@ class Driver:
             self._finish_eval(block=True)
             self._evaluate_now_if_needed()
             self._save()
-            return self._summary()
+            summary = self._summary()
+            summary["placement"] = self._placement()
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            return summary
         finally:
             self._teardown()
             self._restore_signal_handlers(previous)
@@ -254,12 +261,19 @@ class Driver:
                         self.weights_ref = self._publish()
                         since_publish = 0
             self._periodic()
-        # Let in-flight work finish so counters match what the learner and replay hold.
+        # Let in-flight work finish so counters match what the learner and replay hold, then bring the
+        # updates up to the replay ratio for every step collected: the run ends exactly on ratio.
         for ref, (kind, arg) in list(pending.items()):
             if kind == "worker":
                 self._on_worker_done(ref, arg)
             else:
                 self.counters.num_updates = int(ray.get(ref).pop("num_updates"))
+        todo = self._allowed_updates() - self.counters.num_updates
+        if todo > 0 and not self.stop_requested.is_set():
+            metrics = ray.get(self.learner.train.remote(todo))
+            self.counters.num_updates = int(metrics.pop("num_updates"))
+            self.last_metrics = metrics
+            self.weights_ref = self._publish()
 
     def _epsilon(self, worker_index: int) -> float | None:
         exploration = getattr(self.config.algo_config, "worker_epsilon", None)
@@ -273,7 +287,8 @@ class Driver:
             stats: CollectStats = ray.get(ref)
         except RayActorError:
             self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")
-            self.logger.scalar("system/worker_restarts", 1, self.counters.env_steps)
+            self.counters.worker_restarts += 1
+            self.logger.scalar("system/worker_restarts", self.counters.worker_restarts, self.counters.env_steps)
             return True
         self._count(stats)
         return False
@@ -355,6 +370,8 @@ class Driver:
     # ------------------------------------------------------------------ checkpoints
     def _save(self) -> Path:
         c = self.counters
+        if self.last_checkpoint is not None and self.last_checkpoint.name.endswith(f"{c.env_steps:012d}"):
+            return self.last_checkpoint  # nothing new since the last one (e.g. the final save)
         c.wall_seconds = time.time() - self.start_time
         learner_state = ray.get(self.learner.state_dict.remote())
         state = {"algo": self.config.algo, "config": self.config.to_dict(),
@@ -375,7 +392,8 @@ class Driver:
         elapsed = max(1e-9, time.time() - self.start_time)
         out = {
             "env_steps": c.env_steps, "num_updates": c.num_updates, "episodes": c.episodes,
-            "weights_version": c.weights_version, "eval_return_mean": c.last_eval,
+            "weights_version": c.weights_version, "worker_restarts": c.worker_restarts,
+            "eval_return_mean": c.last_eval,
             "eval_return_std": c.last_eval_std, "best_eval_return": c.best_eval,
             "episode_return_mean": float(np.mean(c.recent_returns)) if c.recent_returns else float("nan"),
             "env_steps_per_s": (c.env_steps - getattr(self, "_start_steps", 0)) / elapsed,
@@ -386,6 +404,15 @@ class Driver:
         if self.last_checkpoint is not None:
             out["checkpoint"] = str(self.last_checkpoint)
         return out
+
+    def _placement(self) -> dict[str, Any]:
+        """Node id of each actor: shows where the learner, workers and shards ran."""
+
+        def node_of(actor: Any) -> str:
+            return ray.get(actor.__ray_call__.remote(lambda _self: ray.get_runtime_context().get_node_id()))
+
+        return {"learner": node_of(self.learner), "workers": [node_of(w) for w in self.workers],
+                "shards": [node_of(s) for s in self.shards]}
 
     def _learning_starts(self) -> int:
         return int(getattr(self.config.algo_config, "learning_starts", 0))

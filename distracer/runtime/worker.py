@@ -78,6 +78,8 @@ class RolloutWorker:
         """Rebuild the CPU policy from published weights (skipped when the version is already held)."""
         if weights.version != self.weights_version or self.policy is None:
             self.policy = build_policy(weights, device="cpu")
+            if hasattr(self.policy, "set_seed"):  # exploration noise differs per worker, reproducibly
+                self.policy.set_seed(int(self.rng.integers(2**31)))
             self.weights_version = weights.version
         return self.weights_version
 
@@ -142,7 +144,8 @@ class RolloutWorker:
         from distracer.algos.ppo import collect_rollout
 
         self.set_weights(weights)
-        rollout, self.ppo_state = collect_rollout(self.envs, self.policy, num_steps, self.ppo_state)
+        rollout, self.ppo_state = collect_rollout(self.envs, self.policy, num_steps, self.ppo_state,
+                                                  policy_version=self.weights_version)
         stats = CollectStats(self.index, num_steps * len(self.envs), weights_version=self.weights_version)
         for ret, length in rollout_episodes(rollout):
             stats.episode_returns.append(ret)
@@ -152,5 +155,4 @@ class RolloutWorker:
 
 def rollout_episodes(rollout: Any) -> list[tuple[float, int]]:
     """Finished episodes (reference return, length) that `collect_rollout` recorded."""
-    episodes = rollout.get("episodes", []) if isinstance(rollout, dict) else getattr(rollout, "episodes", [])
-    return [(float(r), int(length)) for r, length in episodes]
+    return [(float(r), int(length)) for r, length in zip(rollout.episode_returns, rollout.episode_lengths)]

@@ -1,0 +1,100 @@
+"""End-to-end runs of the distributed runtime on a real local Ray (CPU, loopback only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from distracer.config import load_config
+from distracer.errors import ConfigError
+from distracer.runtime.driver import Driver, train
+
+# Small, fast runs: 48x48 frames keep the CPU learner quick; the env is the real (fast) CarRacing.
+SMALL = [
+    "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1", "resources.fragment_length=16",
+    "resources.local_num_cpus=4", "replay.ram_budget=64MB", "resources.weights_every=10",
+    "learner.device=cpu",
+]
+ALGO = {
+    "sac_drq": ["algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.updates_per_step=0.5"],
+    "dqn": ["algo=dqn", "env.action_space=discrete", "dqn.batch_size=16", "dqn.learning_starts=64",
+            "dqn.updates_per_step=0.5", "dqn.exploration_horizon=1000"],
+    "ppo": ["algo=ppo", "ppo.num_envs=2", "ppo.num_steps=32", "ppo.n_epochs=2", "ppo.minibatch_size=32",
+            "resources.num_workers=2"],
+}
+
+
+def small_config(tmp_path, algo: str, *extra: str):
+    return load_config(None, SMALL + ALGO[algo] + [f"run_dir={tmp_path / algo}", *extra])
+
+
+@pytest.mark.parametrize("algo", ["sac_drq", "dqn", "ppo"])
+def test_train_evaluate_checkpoint_and_resume(ray_local, tmp_path, algo):
+    config = small_config(tmp_path, algo, "total_env_steps=160", "checkpoint.every_env_steps=96")
+    summary = train(config, handle_signals=False)
+    assert summary["env_steps"] >= 160
+    assert summary["num_updates"] > 0
+    assert summary["eval_return_mean"] == summary["eval_return_mean"]  # an evaluation ran (not NaN)
+    ckpt = summary["checkpoint"]
+    assert os.path.isdir(ckpt)
+    metrics = [json.loads(line) for line in open(tmp_path / algo / "metrics.jsonl")]
+    assert metrics and metrics[-1]["env_steps"] == summary["env_steps"]
+
+    resumed_config = small_config(tmp_path, algo, "total_env_steps=256")
+    resumed = train(resumed_config, resume=ckpt, handle_signals=False)
+    assert resumed["env_steps"] >= 256
+    assert resumed["num_updates"] > summary["num_updates"]  # counters continued, not restarted
+    assert resumed["weights_version"] > summary["weights_version"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_replay_ratio_holds_with_workers(ray_local, tmp_path, workers):
+    config = small_config(tmp_path, "sac_drq", "total_env_steps=480", f"resources.num_workers={workers}",
+                          f"replay.num_shards={workers}")
+    summary = train(config, handle_signals=False)
+    assert summary["replay_ratio"] == pytest.approx(0.5, rel=0.10)
+
+
+def test_killed_worker_is_replaced(ray_local, tmp_path):
+    import ray
+
+    config = small_config(tmp_path, "sac_drq", "total_env_steps=400", "checkpoint.every_env_steps=96")
+    killed = []
+
+    def kill_a_worker(summary, checkpoint):
+        if checkpoint is not None and not killed:
+            pid = ray.get(driver.workers[0].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    driver = Driver(config, reporter=kill_a_worker, handle_signals=False)
+    summary = driver.run()
+    assert killed
+    assert summary["env_steps"] >= 400
+    assert summary["worker_restarts"] >= 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("resources.num_workers=0", "num_workers=0"),
+        ("sac_drq.updates_per_step=0", "updates_per_step"),
+        ("resources.learner_gpus=1", "GPU"),
+        ("replay.ram_budget=20KB", "fewer than one batch"),
+        ("replay.ram_budget=100TB", "exceeds"),
+    ],
+)
+def test_bad_runs_refused_before_any_actor(ray_local, tmp_path, override, message):
+    import ray
+
+    def alive_actors() -> int:
+        # GCS's actor table: works without the dashboard, which the test Ray does not start.
+        return sum(1 for a in ray._private.state.actors().values() if a["State"] == "ALIVE")
+
+    before = alive_actors()
+    with pytest.raises(ConfigError, match=message):
+        train(small_config(tmp_path, "sac_drq", "total_env_steps=100", override), handle_signals=False)
+    assert alive_actors() == before
