@@ -1,0 +1,389 @@
+"""distracer/CarRacingFast-v3 against stock CarRacing-v3, array for array, and the shared env wrappers.
+
+Identity means: the same observation arrays (np.array_equal), rewards, terminated, truncated and info
+for the same seed and actions, with and without action repeat, through `gym.make` and `make_env`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import pygame  # noqa: E402
+import pytest  # noqa: E402
+
+from distracer.envs import FAST_ID, STOCK_ID, EnvConfig, make_env  # noqa: E402
+from distracer.envs import fast_car_racing as fcr  # noqa: E402
+from distracer.envs.wrappers import (  # noqa: E402
+    DISCRETE_ACTIONS,
+    ActionRepeat,
+    DiscreteActions,
+    SteerAccelActions,
+    steer_accel_to_native,
+)
+
+# Straight ahead at 40% gas: the car runs off the track and leaves the playfield (y > 333) around frame 285.
+# Full gas does not: the rear wheels spin on the grass and the car crawls.
+OFF_MAP_NATIVE = np.array([0.0, 0.4, 0.0], dtype=np.float32)
+OFF_MAP_STEER_ACCEL = np.array([0.0, 0.4], dtype=np.float32)
+OFF_MAP_MAX_FRAMES = 400
+
+Step = tuple[np.ndarray, float, bool, bool, dict]
+
+
+def native_actions(seed: int, n: int) -> np.ndarray:
+    """Random [steer, gas, brake] biased to gas, so the car moves and tiles get visited and recoloured."""
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform([-1.0, 0.0, 0.0], [1.0, 1.0, 0.3], size=(n, 3))
+    return actions.astype(np.float32)
+
+
+def steer_accel_actions(seed: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform([-1.0, -0.3], [1.0, 1.0], size=(n, 2)).astype(np.float32)
+
+
+def comparable_info(info: dict) -> dict:
+    """Info without wall-clock time (RecordEpisodeStatistics' episode "t")."""
+    info = dict(info)
+    if "episode" in info:
+        info["episode"] = {k: v for k, v in info["episode"].items() if k != "t"}
+    return info
+
+
+def rollout(env: gym.Env, seed: int, actions) -> list[Step]:
+    """Reset with `seed`, then step through `actions` until the episode ends; records every step."""
+    obs, info = env.reset(seed=seed)
+    steps: list[Step] = [(obs, 0.0, False, False, comparable_info(info))]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        steps.append((obs, reward, terminated, truncated, comparable_info(info)))
+        if terminated or truncated:
+            break
+    env.close()
+    return steps
+
+
+def assert_identical(stock: list[Step], fast: list[Step]) -> None:
+    assert len(stock) == len(fast)
+    for i, (a, b) in enumerate(zip(stock, fast)):
+        assert a[0].dtype == b[0].dtype and a[0].shape == b[0].shape, f"step {i}: obs type"
+        assert np.array_equal(a[0], b[0]), f"step {i}: observations differ"
+        assert a[1] == b[1], f"step {i}: reward {a[1]!r} != {b[1]!r}"
+        assert (a[2], a[3]) == (b[2], b[3]), f"step {i}: terminated/truncated"
+        assert a[4] == b[4], f"step {i}: info {a[4]!r} != {b[4]!r}"
+
+
+def raw_config(repeat: int, fast: bool) -> EnvConfig:
+    """make_env settings that keep the full 96x96 RGB frame, so pixels are compared unprocessed."""
+    return EnvConfig(
+        fast=fast, action_repeat=repeat, frame_size=96, grayscale=False, frame_stack=1, channel_order="last"
+    )
+
+
+# ---- the numeric building blocks --------------------------------------------------------------------
+
+
+def test_vectorised_transform_equals_pygame_vector2():
+    rng = np.random.default_rng(0)
+    angles = list(rng.uniform(-30, 30, size=40)) + [k * math.pi / 2 for k in range(-8, 9)] + [0.0, -0.0]
+    for angle in angles:
+        pts = rng.uniform(-400, 400, size=(64, 2))
+        pts[:4] = 0.0
+        zoom, trans = float(rng.uniform(0.5, 17)), (float(rng.uniform(-900, 900)), float(rng.uniform(-900, 900)))
+        cos_a, sin_a = fcr.rotation(angle)
+        ours = fcr.to_screen(pts, cos_a, sin_a, zoom, trans)
+        for p, q in zip(pts.tolist(), ours.tolist()):
+            v = pygame.math.Vector2(p).rotate_rad(angle)
+            assert q == [v[0] * zoom + trans[0], v[1] * zoom + trans[1]]
+
+
+# ---- identity: raw ids ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_raw_envs_identical(seed):
+    actions = native_actions(100 + seed, 200)
+    assert_identical(rollout(gym.make(STOCK_ID), seed, actions), rollout(gym.make(FAST_ID), seed, actions))
+
+
+def test_raw_envs_identical_domain_randomized():
+    # Random float colours exercise the background-pixel probe and the tile colour conversion.
+    actions = native_actions(7, 150)
+    stock = rollout(gym.make(STOCK_ID, domain_randomize=True), 7, actions)
+    fast = rollout(gym.make(FAST_ID, domain_randomize=True), 7, actions)
+    assert_identical(stock, fast)
+
+
+def test_leaving_playfield_identical():
+    actions = [OFF_MAP_NATIVE] * OFF_MAP_MAX_FRAMES
+    stock = rollout(gym.make(STOCK_ID), 0, actions)
+    fast = rollout(gym.make(FAST_ID), 0, actions)
+    _, reward, terminated, truncated, info = stock[-1]
+    assert terminated and not truncated and reward == -100 and info == {"lap_finished": False}
+    assert_identical(stock, fast)
+
+
+def test_dashboard_fallback_path_identical(monkeypatch):
+    """Frames whose indicators leave the dashboard strip take the stock flip path; force it everywhere."""
+    actions = native_actions(3, 80)
+    stock = rollout(gym.make(STOCK_ID), 3, actions)
+    monkeypatch.setattr(fcr, "fits_strip", lambda polys, text_rect: False)
+    assert_identical(stock, rollout(gym.make(FAST_ID), 3, actions))
+
+
+def test_strip_path_is_the_common_case(monkeypatch):
+    calls = {"strip": 0, "stock": 0}
+    original = fcr.fits_strip
+
+    def counting(polys, text_rect):
+        fits = original(polys, text_rect)
+        calls["strip" if fits else "stock"] += 1
+        return fits
+
+    monkeypatch.setattr(fcr, "fits_strip", counting)
+    rollout(gym.make(FAST_ID), 0, native_actions(0, 50))
+    assert calls["strip"] == 51 and calls["stock"] == 0
+
+
+# ---- identity: make_env with action repeat ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("repeat", [1, 2, 4])
+def test_make_env_identical_with_action_repeat(repeat):
+    actions = steer_accel_actions(10 + repeat, 160 // repeat)
+    stock = rollout(make_env(raw_config(repeat, fast=False)), 4, actions)
+    fast = rollout(make_env(raw_config(repeat, fast=True)), 4, actions)
+    assert_identical(stock, fast)
+
+
+def test_episode_ending_on_an_intermediate_repeat_frame_identical():
+    """Leaving the playfield inside a repeat: the fast env must draw that frame with observe()."""
+    frames = len(rollout(gym.make(FAST_ID), 0, [OFF_MAP_NATIVE] * OFF_MAP_MAX_FRAMES)) - 1
+    repeat = next(k for k in (4, 3, 5, 2) if frames % k != 0)
+    actions = [OFF_MAP_STEER_ACCEL] * OFF_MAP_MAX_FRAMES
+    stock = rollout(make_env(raw_config(repeat, fast=False)), 0, actions)
+    fast = rollout(make_env(raw_config(repeat, fast=True)), 0, actions)
+    _, reward, terminated, _, info = stock[-1]
+    assert terminated and info["episode"]["l"] == frames and frames % repeat != 0
+    assert reward < -90  # -100 on the last frame plus the earlier frames of the repeat
+    assert_identical(stock, fast)
+
+
+def test_truncated_at_1000_frames_identical():
+    # Repeat 4 keeps the fast side cheap; stock still draws all 1000 frames.
+    actions = steer_accel_actions(5, 1000) * np.array([0.3, 0.2], dtype=np.float32)  # dawdle near the start
+    stock = rollout(make_env(raw_config(4, fast=False)), 1, actions)
+    fast = rollout(make_env(raw_config(4, fast=True)), 1, actions)
+    _, _, terminated, truncated, info = stock[-1]
+    assert truncated and not terminated and info["episode"]["l"] == 1000 and len(stock) == 251
+    assert_identical(stock, fast)
+
+
+def test_truncated_on_an_intermediate_repeat_frame_identical():
+    # A short time limit makes truncation land inside a repeat (122 = 30 * 4 + 2), cheaply.
+    actions = native_actions(8, 40)
+    stock = rollout(ActionRepeat(gym.make(STOCK_ID, max_episode_steps=122), 4), 8, actions)
+    fast = rollout(ActionRepeat(gym.make(FAST_ID, max_episode_steps=122), 4), 8, actions)
+    assert stock[-1][3] and not stock[-1][2] and len(stock) == 32
+    assert_identical(stock, fast)
+
+
+# ---- the skip-drawing contract and other render modes -------------------------------------------
+
+
+def test_skipped_frames_do_not_change_later_frames():
+    actions = native_actions(21, 60)
+    stock = rollout(gym.make(STOCK_ID), 2, actions)
+    env = gym.make(FAST_ID)
+    base = env.unwrapped
+    obs, _ = env.reset(seed=2)
+    assert base.render_observations is True
+    for i, action in enumerate(actions, start=1):
+        skip = i % 3 != 0
+        base.render_observations = not skip
+        previous = base.state
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert reward == stock[i][1] and (terminated, truncated) == stock[i][2:4] and info == stock[i][4]
+        if skip:
+            assert obs is previous  # not drawn
+            # What the step would have drawn, though its score has moved on by -0.1 since (see observe()).
+            assert np.array_equal(base.observe(), stock[i][0]) and base.state is not previous
+        else:
+            assert np.array_equal(obs, stock[i][0])
+            assert np.array_equal(base.observe(), obs)  # drawing again changes nothing
+    env.close()
+
+
+def test_action_repeat_draws_only_returned_frames(monkeypatch):
+    env = ActionRepeat(gym.make(FAST_ID), 4)
+    base = env.unwrapped
+    env.reset(seed=0)
+    draws = []
+    original = type(base)._render_state_pixels
+    monkeypatch.setattr(
+        type(base), "_render_state_pixels", lambda self, score: draws.append(1) or original(self, score)
+    )
+    for action in native_actions(1, 5):
+        env.step(action)
+    assert len(draws) == 5 and base.render_observations is True
+    env.close()
+
+
+def test_rgb_array_render_identical():
+    stock, fast = gym.make(STOCK_ID, render_mode="rgb_array"), gym.make(FAST_ID, render_mode="rgb_array")
+    for env in (stock, fast):
+        env.reset(seed=5)
+    for i, action in enumerate(native_actions(5, 30)):
+        a, b = stock.step(action), fast.step(action)
+        assert np.array_equal(a[0], b[0]) and a[1:4] == b[1:4]
+        if i % 10 == 0:
+            frame = stock.render()
+            assert frame.shape == (400, 600, 3) and np.array_equal(frame, fast.render())
+    stock.close()
+    fast.close()
+
+
+def test_human_render_mode_runs_and_matches():
+    # The dummy SDL driver gives a display; each step ticks the 50 FPS clock, so keep it short.
+    actions = native_actions(6, 5)
+    stock = rollout(gym.make(STOCK_ID, render_mode="human"), 6, actions)
+    fast = rollout(gym.make(FAST_ID, render_mode="human"), 6, actions)
+    assert_identical(stock, fast)
+    # close() quit pygame; a new env must still draw (nothing cached may dangle).
+    assert_identical(stock[:3], rollout(gym.make(FAST_ID), 6, actions[:2]))
+
+
+# ---- wrappers ---------------------------------------------------------------------------------------
+
+
+def test_steer_accel_mapping():
+    cases = {
+        (0.5, 0.7): (0.5, 0.7, 0.0),
+        (-0.25, -0.6): (-0.25, 0.0, 0.6),
+        (0.0, 0.0): (0.0, 0.0, 0.0),
+        (-3.0, 2.0): (-1.0, 1.0, 0.0),  # clipped
+        (1.5, -9.0): (1.0, 0.0, 1.0),
+    }
+    for given, expected in cases.items():
+        native = steer_accel_to_native(np.array(given))
+        assert native.dtype == np.float32 and native.tolist() == pytest.approx(expected)
+    batch = steer_accel_to_native(np.array(list(cases)))
+    assert batch.shape == (len(cases), 3) and np.allclose(batch, list(cases.values()))
+
+    env = SteerAccelActions(gym.make(FAST_ID))
+    assert env.action_space.shape == (2,) and env.action(np.array([0.2, -0.4])).tolist() == pytest.approx(
+        [0.2, 0.0, 0.4]
+    )
+
+
+def test_discrete_mapping():
+    env = DiscreteActions(gym.make(FAST_ID))
+    assert env.action_space.n == 5
+    expected = [[-1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0.8], [0, 0, 0]]
+    for i, native in enumerate(expected):
+        assert env.action(i).tolist() == pytest.approx(native)
+        assert env.action(np.int64(i)).tolist() == DISCRETE_ACTIONS[i].tolist()
+    env.action(0)[0] = 99.0  # a copy: the table must not change
+    assert DISCRETE_ACTIONS[0, 0] == -1.0
+    for bad in (-1, 5):
+        with pytest.raises(ValueError):
+            env.action(bad)
+
+
+@pytest.mark.parametrize(
+    ("grayscale", "order", "shape"),
+    [
+        (True, "first", (4, 84, 84)),
+        (True, "last", (84, 84, 4)),
+        (False, "first", (12, 84, 84)),
+        (False, "last", (84, 84, 12)),
+    ],
+)
+def test_frame_stack_shapes(grayscale, order, shape):
+    env = make_env(EnvConfig(grayscale=grayscale, channel_order=order), seed=0)
+    assert env.observation_space.shape == shape
+    obs, _ = env.reset()
+    assert obs.shape == shape and obs.dtype == np.uint8 and obs.flags["C_CONTIGUOUS"]
+    obs, *_ = env.step(env.action_space.sample())
+    assert obs.shape == shape
+    env.close()
+
+
+def test_channel_last_is_channel_first_moved():
+    first = make_env(EnvConfig(grayscale=False, channel_order="first"), seed=3)
+    last = make_env(EnvConfig(grayscale=False, channel_order="last"), seed=3)
+    a, _ = first.reset()
+    b, _ = last.reset()
+    for action in steer_accel_actions(3, 3):
+        a, *_ = first.step(action)
+        b, *_ = last.step(action)
+    assert np.array_equal(np.moveaxis(a, 0, -1), b)
+
+
+def test_same_seed_same_observations():
+    def trace(seed: int, discrete: bool) -> list[np.ndarray]:
+        env = make_env(EnvConfig(action_space="discrete" if discrete else "continuous"), seed=seed)
+        obs, _ = env.reset()
+        frames = [obs]
+        for _ in range(8):
+            obs, *_ = env.step(env.action_space.sample())  # seeded by make_env
+            frames.append(obs)
+        env.close()
+        return frames
+
+    for discrete in (False, True):
+        a, b = trace(11, discrete), trace(11, discrete)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(trace(11, False)[0], trace(12, False)[0])  # another track
+
+
+@pytest.mark.parametrize("repeat", [1, 4])
+def test_episode_return_is_the_sum_of_raw_rewards(repeat):
+    env = make_env(EnvConfig(action_repeat=repeat), seed=0)
+    raw = []
+    base_step = env.unwrapped.step
+
+    def recording_step(action):
+        result = base_step(action)
+        raw.append(result[1])
+        return result
+
+    env.unwrapped.step = recording_step
+    env.reset()
+    raw.clear()  # reset() steps once without an action; that is not part of the episode
+    returned = []
+    for _ in range(OFF_MAP_MAX_FRAMES):
+        _, reward, terminated, truncated, info = env.step(OFF_MAP_STEER_ACCEL)
+        returned.append(reward)
+        if terminated or truncated:
+            break
+    assert terminated and raw[-1] == -100
+    assert info["episode"]["r"] == sum(raw) and info["episode"]["l"] == len(raw)
+    assert info["episode"]["r"] == pytest.approx(sum(returned), abs=1e-9)
+    env.close()
+
+
+# ---- long sweep -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3, 9))
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_full_episodes_identical(seed, repeat):
+    """Whole 1000-frame episodes (or until the car leaves) on more tracks, continuous and discrete."""
+    actions = steer_accel_actions(1000 + seed, 1000 // repeat + 1)
+    stock = rollout(make_env(raw_config(repeat, fast=False)), seed, actions)
+    fast = rollout(make_env(raw_config(repeat, fast=True)), seed, actions)
+    assert stock[-1][2] or stock[-1][3]
+    assert_identical(stock, fast)
+
+    discrete = np.random.default_rng(seed).integers(0, 5, size=1000 // repeat + 1)
+    config = {"action_space": "discrete"}
+    stock = rollout(make_env(EnvConfig(fast=False, action_repeat=repeat, **config)), seed, discrete)
+    fast = rollout(make_env(EnvConfig(fast=True, action_repeat=repeat, **config)), seed, discrete)
+    assert_identical(stock, fast)
