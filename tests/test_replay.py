@@ -320,6 +320,11 @@ def test_arena_eviction_when_frames_compress_worse_than_assumed():
     """Random frames do not compress: the lz4 arena binds before the ring, and samples stay correct."""
     replay, ref = run_against_reference(capacity=60, frame_stack=4, n_step=2, compress=True, lz4_ratio=4.0)
     assert replay.num_entries < 60
+    live = np.arange(replay._oldest, len(ref.entries))
+    stored = replay._decompress(live % 60)
+    np.testing.assert_array_equal(stored, np.stack([ref.entries[g].frame for g in live]))
+    spans = sorted((replay._offset[g % 60], replay._offset[g % 60] + replay._length[g % 60]) for g in live)
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))  # live blobs never overlap
     assert replay.nbytes == 60 * entry_nbytes(FRAME, (2,), np.float32, True, 4.0)
     eligible = {g for g in range(replay._oldest, len(ref.entries)) if ref.eligible(g, 4, replay._oldest)}
     assert check_batch(replay, ref, replay.sample(2000)) == eligible

@@ -47,8 +47,8 @@ DEFAULT_LZ4_LEVEL = 1
 
 FORMAT = "distracer.replay/1"
 MANIFEST = "replay.json"
-# Entries written per Arrow record batch: bounds the extra memory a save needs to ~64k frames.
-SAVE_CHUNK = 65536
+# Entries written per Arrow record batch: bounds the extra memory a save needs (8192 raw 84x84 frames: 58 MB).
+SAVE_CHUNK = 8192
 
 
 class CorruptReplayError(ConfigError):
@@ -308,6 +308,10 @@ class FrameReplay:
     def _evict_to(self, new_oldest: int) -> None:
         """Drop entries with seq < new_oldest (FIFO), keeping the transition count exact."""
         if new_oldest <= self._oldest:
+            return
+        if new_oldest == self._oldest + 1:  # the steady state once full: one entry per insert, no arrays
+            self._transitions -= not self._first[self._oldest % self.capacity]
+            self._oldest = new_oldest
             return
         slots = np.arange(self._oldest, new_oldest, dtype=np.int64) % self.capacity
         self._transitions -= int(np.count_nonzero(~self._first[slots]))
