@@ -4,7 +4,10 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-CONFIG  ?= tune_configs/laptop.yaml
+ALGO    ?= sac_drq
+PRESET  ?= laptop
+# A stopped run continues from its newest checkpoint when `make train` runs again.
+RESUME  ?= auto
 ARGS    ?=
 
 .PHONY: train test test-slow lint bench setup
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/distracer train --config $(CONFIG) $(ARGS)
+	$(BIN)/distracer train --config tune_configs/$(ALGO).yaml --config tune_configs/$(PRESET).yaml --resume $(RESUME) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check distracer tests benchmarks

@@ -159,6 +159,9 @@ class TrainConfig:
             raise ConfigError(f"seed={self.seed} must be in [0, eval.seed={self.eval.seed}) so eval tracks stay unseen")
         for section in (self.env, self.learner, self.resources, self.replay, self.eval, self.checkpoint):
             section.validate()
+        if self.algo == "ppo":
+            # PPO's env count is what the resources run; one source of truth.
+            self.ppo.num_envs = self.resources.num_workers * self.resources.envs_per_worker
         if self.algo == "ppo" and self.ppo.total_updates == 0:
             # The schedule's horizon follows the run's step budget unless set explicitly.
             self.ppo.total_updates = self.ppo.updates_for(self.total_env_steps)
@@ -170,10 +173,6 @@ class TrainConfig:
         if self.algo != "ppo" and self.replay.num_shards > self.resources.num_workers:
             raise ConfigError(f"replay.num_shards={self.replay.num_shards} exceeds resources.num_workers="
                               f"{self.resources.num_workers}; each shard needs a worker writing to it")
-        envs = self.resources.num_workers * self.resources.envs_per_worker
-        if self.algo == "ppo" and self.ppo.num_envs != envs:
-            raise ConfigError(f"ppo.num_envs={self.ppo.num_envs} but resources give {envs} envs "
-                              "(num_workers x envs_per_worker); make them equal")
         if self.env.channel_order != "first":
             raise ConfigError("env.channel_order=last is for SB3 interop; the learners take channel-first observations")
         return self

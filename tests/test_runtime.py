@@ -22,7 +22,7 @@ ALGO = {
     "sac_drq": ["algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.updates_per_step=0.5"],
     "dqn": ["algo=dqn", "env.action_space=discrete", "dqn.batch_size=16", "dqn.learning_starts=64",
             "dqn.updates_per_step=0.5", "dqn.exploration_horizon=1000"],
-    "ppo": ["algo=ppo", "ppo.num_envs=2", "ppo.num_steps=32", "ppo.n_epochs=2", "ppo.minibatch_size=32",
+    "ppo": ["algo=ppo", "ppo.num_steps=32", "ppo.n_epochs=2", "ppo.minibatch_size=32",
             "resources.num_workers=2"],
 }
 
