@@ -17,10 +17,11 @@ in the same FIFO order as the entries. The arena is sized as `capacity * frame_b
 unused; if worse, the arena evicts the oldest entries early and fewer transitions are held. Either
 way memory never exceeds `nbytes`.
 
-Compression level: measured on 1,200 stock CarRacing-v3 84x84 grayscale frames (a wandering policy,
-zoom-in frames included), lz4 fast mode gave 3.7x at ~10 µs a frame and lz4 HC level 1 4.3x at
-~35-55 µs (loaded 2-core machine); decompression is the same format and speed for both. 3.7x
-misses the ~2 KB-a-transition goal, so the default is HC level 1 (`lz4_level=0` picks fast mode).
+Compression level: on stock CarRacing-v3 84x84 grayscale frames (a wandering policy, zoom-in
+frames included) lz4 fast mode gave 3.5-3.7x at ~10 µs a frame and lz4 HC level 1 4.05-4.3x at
+~35-55 µs (3,000 and 1,200 frames; loaded 2-core machine; docs/BENCHMARKS.md). Both decompress
+at the same speed, in the same format. Fast mode misses the ~2 KB-a-transition goal (2.1 KB
+measured), so the default is HC level 1 (1.9 KB); `lz4_level=0` picks fast mode.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from distracer.errors import ConfigError
 from distracer.replay.fragment import ACTION_DTYPES, Fragment
 
 DEFAULT_LZ4_RATIO = 4.0
-"""Compression assumed when sizing the lz4 arena: a margin under the 4.3x measured on CarRacing frames."""
+"""Compression assumed when sizing the lz4 arena: at or under the 4.05-4.3x HC level 1 gave on CarRacing frames."""
 DEFAULT_LZ4_LEVEL = 1
-"""lz4 high-compression level 1: 4.3x where fast mode gives 3.7x, at ~4x the compression time."""
+"""lz4 high-compression level 1: 4.05-4.3x where fast mode gives 3.5-3.7x, at ~4x the compression time."""
 
 FORMAT = "distracer.replay/1"
 MANIFEST = "replay.json"
