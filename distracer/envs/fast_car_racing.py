@@ -45,6 +45,11 @@ ROAD_H = WINDOW_H - DASH_H
 # The clear can be skipped only if the background polygon covers the window with this many pixels to spare,
 # which absorbs gfxdraw's integer truncation of vertices and its scanline rounding.
 COVER_MARGIN = 3.0
+# Polygons whose bounding box is farther than this outside the window draw no pixel (see touches_window).
+TOUCH_MARGIN = 3.0
+# Half-diagonal, in pixels, of the window grown by TOUCH_MARGIN: how far from the window centre a touching
+# point can be.
+WINDOW_REACH = float(np.hypot(WINDOW_W / 2 + TOUCH_MARGIN, WINDOW_H / 2 + TOUCH_MARGIN))
 # Rendered score strings are few ("%04i" of the return); the cap only guards against odd rewards.
 TEXT_CACHE_SIZE = 4096
 
@@ -103,6 +108,24 @@ def on_screen(screen_xy: np.ndarray) -> np.ndarray:
         & (y <= WINDOW_H + MAX_SHAPE_DIM)
     )
     return inside.any(axis=-1)
+
+
+def touches_window(screen_xy: np.ndarray) -> np.ndarray:
+    """Whether each polygon's bounding box comes within TOUCH_MARGIN pixels of the window.
+
+    The stock test keeps everything within MAX_SHAPE_DIM (~380 px) of the window, so most polygons it
+    draws lie wholly outside, where gfxdraw still walks their scanlines but sets no pixel. gfxdraw
+    rounds vertices to integers (< 1 px) and its anti-aliasing reaches 1 px past an edge; polygons
+    farther out than that cannot change a pixel, so skipping them keeps the image.
+    """
+    lo = screen_xy.min(axis=-2)
+    hi = screen_xy.max(axis=-2)
+    return (
+        (hi[..., 0] >= -TOUCH_MARGIN)
+        & (lo[..., 0] <= WINDOW_W + TOUCH_MARGIN)
+        & (hi[..., 1] >= -TOUCH_MARGIN)
+        & (lo[..., 1] <= WINDOW_H + TOUCH_MARGIN)
+    )
 
 
 def covers_window(poly: np.ndarray) -> bool:
@@ -199,6 +222,8 @@ class FastCarRacing(CarRacing):
         self._poly_source: list | None = None
         self._poly_xy: np.ndarray | None = None
         self._road_colors: list = []
+        self._centers = np.empty((0, 2))
+        self._radii = np.empty(0)
         self._canvas: pygame.Surface | None = None
         self._strip: pygame.Surface | None = None
         self._road_x: pygame.Surface | None = None
@@ -285,11 +310,30 @@ class FastCarRacing(CarRacing):
         if self._poly_source is not road_poly or len(self._poly_xy) != len(self._grass_xy) + len(road_poly):
             road_xy = np.array([poly for poly, _ in road_poly], dtype=np.float64).reshape(-1, 4, 2)
             self._poly_xy = np.concatenate([self._grass_xy, road_xy])
+            self._centers = self._poly_xy.mean(axis=1)
+            self._radii = np.linalg.norm(self._poly_xy - self._centers[:, None, :], axis=-1).max(axis=1)
             # Tile colours are numpy arrays the contact listener recolours in place: keep references,
             # read them at draw time.
             self._road_colors = [color for _, color in road_poly]
             self._poly_source = road_poly
         return self._poly_xy
+
+    def _candidates(self, cos_a: float, sin_a: float, zoom: float, trans: tuple[float, float]) -> np.ndarray:
+        """Indices (ascending, so stock order) of the polygons that may touch the window: a cheap,
+        conservative pre-cull on polygon centres before the exact per-vertex tests.
+
+        A polygon of circumradius r (world) has its screen bounding box within r*zoom*sqrt(2) of its
+        centre; if that box comes within TOUCH_MARGIN of the window, the centre lies within
+        WINDOW_REACH/zoom + r*sqrt(2) of the window centre, in world units. The slack absorbs rounding.
+        """
+        self._polygons()
+        dx, dy = WINDOW_W / 2 - trans[0], WINDOW_H / 2 - trans[1]
+        # Window centre in world coordinates: the inverse rotation (transpose) of the screen offset.
+        cx = (cos_a * dx + sin_a * dy) / zoom
+        cy = (-sin_a * dx + cos_a * dy) / zoom
+        reach = (WINDOW_REACH / zoom + self._radii * np.sqrt(2.0)) * 1.01 + 1.0
+        d2 = np.square(self._centers[:, 0] - cx) + np.square(self._centers[:, 1] - cy)
+        return np.flatnonzero(d2 <= np.square(reach))
 
     def _draw_road(self, surf: pygame.Surface, zoom: float, trans: tuple[float, float], angle: float) -> None:
         """Stock `_render_road` on a reused canvas: background, visible grass, visible road, stock order."""
@@ -305,12 +349,13 @@ class FastCarRacing(CarRacing):
             gfxdraw.aapolygon(surf, field_pts, self.bg_color)
             gfxdraw.filled_polygon(surf, field_pts, self.bg_color)
 
-        screen = to_screen(self._polygons(), cos_a, sin_a, zoom, trans)
-        visible = np.flatnonzero(on_screen(screen))
+        candidates = self._candidates(cos_a, sin_a, zoom, trans)
+        screen = to_screen(self._poly_xy[candidates], cos_a, sin_a, zoom, trans)
+        keep = on_screen(screen) & touches_window(screen)
         n_grass = len(self._grass_xy)
         grass_color = self.grass_color
         road_colors = self._road_colors
-        for i, pts in zip(visible.tolist(), screen[visible].tolist()):
+        for i, pts in zip(candidates[keep].tolist(), screen[keep].tolist()):
             if i < n_grass:
                 color = grass_color
             else:
