@@ -121,9 +121,12 @@ def test_temperature_moves_towards_target_entropy():
     assert fixed.alpha == pytest.approx(fixed.config.init_alpha)
 
 
-def test_checkpoint_round_trip_continues_identically():
+@pytest.mark.parametrize("variant", [{}, {"target_encoder": False, "channels_last": False, "actor_update_every": 2,
+                                          "target_update_every": 2, "grad_clip": 1.0}])
+def test_checkpoint_round_trip_continues_identically(variant):
     rng = np.random.default_rng(1)
-    a = new_learner(seed=3)
+    a = new_learner(seed=3, **variant)
+    assert ("target_encoder" in a.modules()) == variant.get("target_encoder", True)
     for _ in range(3):
         a.update(random_batch(rng))
     buffer = io.BytesIO()
@@ -131,7 +134,7 @@ def test_checkpoint_round_trip_continues_identically():
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
 
-    b = new_learner(seed=99)  # different init and RNG: everything must come from the checkpoint
+    b = new_learner(seed=99, **variant)  # different init and RNG: everything must come from the checkpoint
     b.load_state_dict(state)
     obs = random_batch(rng, 8)["obs"]
     np.testing.assert_array_equal(a.act(obs, explore=False), b.act(obs, explore=False))

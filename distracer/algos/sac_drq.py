@@ -8,7 +8,7 @@ Yarats et al. 2021, DrQ-v2 for the encoder/actor split):
 - One `DrQEncoder` CNN is shared by actor and critic and trained through the critic loss only; the actor
   reads detached features (DrQ-v2's `obs.detach()`), so the actor never moves the representation.
 - Twin Q heads on [features, action]; Polyak-averaged targets of both the encoder and the Q heads
-  (DrQ's `critic_target` holds its own encoder).
+  (DrQ's `critic_target` holds its own encoder; `target_encoder=False` is DrQ-v2's variant without one).
 - Tanh-squashed diagonal Gaussian policy with log-std squashed into [log_std_min, log_std_max] (DrQ).
 - Temperature alpha = exp(log_alpha) tuned towards `target_entropy` (default -action_dim).
 - Random shifts (pad 4) applied independently to every obs and next_obs image of the batch, drawn from
@@ -17,10 +17,10 @@ Yarats et al. 2021, DrQ-v2 for the encoder/actor split):
 Cost per update (what makes it cheaper than SB3's SAC CnnPolicy, which has separate actor and critic
 CNNs and back-propagates the actor loss through the critic CNN): the online encoder runs once with
 gradients on the augmented obs, and twice without gradients on the augmented next_obs (online encoder
-for the next action, as in DrQ, and the target encoder for the target Q). The actor and temperature
-losses reuse the detached obs features: no further CNN work. All three losses go through a single
-backward pass, and the only host synchronisation is one transfer of the metric vector, which also
-serves the NaN/inf check before any optimiser steps.
+for the next action, as in DrQ, and the target encoder for the target Q; once with `target_encoder=False`).
+The actor and temperature losses reuse the detached obs features: no further CNN work. All three losses go
+through a single backward pass, and the only host synchronisation is one transfer of the metric vector,
+which also serves the NaN/inf check before any optimiser steps.
 """
 
 from __future__ import annotations
@@ -88,6 +88,12 @@ class SACConfig:
     """random-shift pad in pixels (seed: 4); 0 turns augmentation off"""
     grad_clip: float = 0.0
     """clip each optimiser's gradient global norm to this value; 0 = no clipping (norms are still reported)"""
+    target_encoder: bool = True
+    """keep a Polyak-averaged target encoder for the target Q (DrQ, SAC-AE). False = DrQ-v2: the target Q heads
+    read the online encoder's (no-grad) next_obs features, one CNN pass fewer per update (~20% faster)"""
+    channels_last: bool = True
+    """run the CNN in channels-last (NHWC) memory layout: faster convolutions on CPU (oneDNN, ~20% here) and
+    on GPU tensor cores; workers' policies use the same layout so their actions match the learner's"""
 
     def validate(self) -> None:
         positive_int = ("batch_size", "feature_dim", "hidden_dim", "n_step", "actor_update_every",
@@ -205,10 +211,13 @@ class SACPolicy(Policy):
     """Encoder + Gaussian actor. Deterministic acting takes tanh(mean); exploring samples the squashed Gaussian."""
 
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int = ACTION_DIM, feature_dim: int = 64,
-                 hidden_dim: int = 256, hidden_depth: int = 2, log_std_min: float = -10.0, log_std_max: float = 2.0):
+                 hidden_dim: int = 256, hidden_depth: int = 2, log_std_min: float = -10.0, log_std_max: float = 2.0,
+                 channels_last: bool = False):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.encoder = DrQEncoder(self.obs_shape, feature_dim)
+        if channels_last:  # conv weights in NHWC; convolutions then run channels-last whatever the input layout
+            self.encoder.to(memory_format=torch.channels_last)
         self.actor = GaussianActor(feature_dim, action_dim, hidden_dim, hidden_depth, log_std_min, log_std_max)
         self.generator: torch.Generator | None = None
         """Exploration noise RNG when set (`set_seed`), else torch's global RNG."""
@@ -253,14 +262,13 @@ class SACDrQLearner(Learner):
         # Seeded initialisation (on CPU, then moved) without disturbing the caller's global torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            policy = SACPolicy(self.obs_shape, ACTION_DIM, cfg.feature_dim, cfg.hidden_dim, cfg.hidden_depth,
-                               cfg.log_std_min, cfg.log_std_max)
+            policy = SACPolicy(**self.policy_spec())
             critic = TwinQ(cfg.feature_dim + ACTION_DIM, cfg.hidden_dim, cfg.hidden_depth)
         self.policy = policy.to(self.device)
         self.encoder = self.policy.encoder
         self.actor = self.policy.actor
         self.critic = critic.to(self.device)
-        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False) if cfg.target_encoder else None
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = _LogAlpha(cfg.init_alpha).to(self.device)
         self.target_entropy = float(-ACTION_DIM if cfg.target_entropy is None else cfg.target_entropy)
@@ -273,8 +281,11 @@ class SACDrQLearner(Learner):
         self.actor_opt = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, **fused)
         self.alpha_opt = torch.optim.Adam(self.log_alpha.parameters(), lr=cfg.alpha_lr, betas=(0.5, 0.999), **fused)
         # Flat (online, target) parameter lists for one foreach lerp per target update.
-        self._online_for_target = list(self.encoder.parameters()) + list(self.critic.parameters())
-        self._targets = list(self.target_encoder.parameters()) + list(self.target_critic.parameters())
+        self._online_for_target = list(self.critic.parameters())
+        self._targets = list(self.target_critic.parameters())
+        if self.target_encoder is not None:
+            self._online_for_target += list(self.encoder.parameters())
+            self._targets += list(self.target_encoder.parameters())
 
     # ----- learning -----
     def _check_batch(self, batch: dict[str, np.ndarray]) -> None:
@@ -309,11 +320,16 @@ class SACDrQLearner(Learner):
             # One augmentation call for obs and next_obs, every image with its own shift; still uint8 (the
             # encoder scales to [0, 1] itself).
             both = self.aug(torch.cat([obs, next_obs]), self.generator)
+            if self.config.channels_last:
+                both = both.contiguous(memory_format=torch.channels_last)  # convert as uint8, 4x fewer bytes
             obs_aug, next_aug = both.chunk(2)
 
             with torch.no_grad():
-                next_action, next_log_prob = self.actor.sample(self.encoder(next_aug), self._noise(next_aug))
-                target_q = self.target_critic(self.target_encoder(next_aug), next_action).min(dim=0).values
+                next_features = self.encoder(next_aug)
+                next_action, next_log_prob = self.actor.sample(next_features, self._noise(next_aug))
+                if self.target_encoder is not None:
+                    next_features = self.target_encoder(next_aug)
+                target_q = self.target_critic(next_features, next_action).min(dim=0).values
                 target = reward + discount * (target_q.float() - alpha * next_log_prob.float())
 
             features = self.encoder(obs_aug)
@@ -391,17 +407,20 @@ class SACDrQLearner(Learner):
         cfg = self.config
         return {"obs_shape": tuple(self.obs_shape), "action_dim": ACTION_DIM, "feature_dim": cfg.feature_dim,
                 "hidden_dim": cfg.hidden_dim, "hidden_depth": cfg.hidden_depth,
-                "log_std_min": float(cfg.log_std_min), "log_std_max": float(cfg.log_std_max)}
+                "log_std_min": float(cfg.log_std_min), "log_std_max": float(cfg.log_std_max),
+                "channels_last": bool(cfg.channels_last)}
 
     # ----- checkpointing -----
     def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
-        return {
+        modules: dict[str, nn.Module | torch.optim.Optimizer] = {
             "policy": self.policy,  # encoder + actor
             "critic": self.critic,
-            "target_encoder": self.target_encoder,
             "target_critic": self.target_critic,
             "log_alpha": self.log_alpha,
             "critic_opt": self.critic_opt,
             "actor_opt": self.actor_opt,
             "alpha_opt": self.alpha_opt,
         }
+        if self.target_encoder is not None:
+            modules["target_encoder"] = self.target_encoder
+        return modules
