@@ -274,7 +274,8 @@ class SACDrQLearner(Learner):
         self.target_entropy = float(-ACTION_DIM if cfg.target_entropy is None else cfg.target_entropy)
         self.aug = RandomShiftsAug(cfg.drq_pad)
 
-        fused = {"fused": True} if self.device.type == "cuda" else {}
+        # Fused Adam (CPU and CUDA): one kernel per optimiser instead of several per parameter tensor.
+        fused = {"fused": True}
         self.critic_params = list(self.encoder.parameters()) + list(self.critic.parameters())
         self.actor_params = list(self.actor.parameters())
         self.critic_opt = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr, **fused)
