@@ -10,6 +10,7 @@ import math
 import os
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # human mode calls pygame.init(); no ALSA noise in CI
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
@@ -246,6 +247,16 @@ def test_rgb_array_render_identical():
             assert frame.shape == (400, 600, 3) and np.array_equal(frame, fast.render())
     stock.close()
     fast.close()
+
+
+def test_state_pixels_render_identical():
+    stock, fast = gym.make(STOCK_ID, render_mode="state_pixels"), gym.make(FAST_ID, render_mode="state_pixels")
+    for env in (stock, fast):
+        env.reset(seed=1)
+    for action in native_actions(9, 25):
+        a, b = stock.step(action), fast.step(action)
+        # render() draws the score after the step's -0.1, unlike the observation: both must agree anyway.
+        assert np.array_equal(a[0], b[0]) and np.array_equal(stock.render(), fast.render())
 
 
 def test_human_render_mode_runs_and_matches():

@@ -252,6 +252,12 @@ class FastCarRacing(CarRacing):
         self.state = self._render_state_pixels(self._frame_reward)
         return self.state
 
+    def render(self):
+        # render_mode="state_pixels": draw now, with the current score, whatever the last step skipped.
+        if self.render_mode == "state_pixels":
+            return self._render_state_pixels(self.reward)
+        return super().render()
+
     def _render(self, mode: str):
         # Stock step() calls _render("state_pixels"); other modes (human, rgb_array) stay stock.
         if mode != "state_pixels":
