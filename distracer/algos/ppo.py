@@ -597,7 +597,9 @@ class PPOLearner(Learner):
             torch.default_generator.manual_seed(seed)
             self.policy = PPOPolicy(**self.policy_spec()).to(self.device)
         self.policy.generator = self.generator
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=config.adam_eps)
+        # Fused Adam (CPU and CUDA): one kernel per step instead of several per parameter tensor (~6 ms a
+        # minibatch step less on one CPU core for the 1.7M-parameter NatureCNN; benchmarks/learner_speed.py).
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=config.adam_eps, fused=True)
         self.reward_normalizer = ReturnNormalizer(config.gamma, config.reward_norm_epsilon, config.reward_clip)
         self.schedule_step = 0  # update() calls the lr schedule has advanced by
 
