@@ -10,9 +10,11 @@
 #   --temp-dir DIR        Ray temp/session dir of this head      DISTRACER_RAY_TEMP_DIR  (/tmp/distracer-ray-$UID)
 #   --port N              GCS port                               DISTRACER_RAY_PORT      (6379)
 #   --dashboard-port N    dashboard / Jobs API port              DISTRACER_RAY_DASHBOARD_PORT (8265)
-#   --client-port N       Ray Client server port                 DISTRACER_RAY_CLIENT_PORT (10001)
-#   --agent-port N        dashboard agent HTTP port              DISTRACER_RAY_AGENT_PORT (52365)
+#   --client-port N       Ray Client server port                 DISTRACER_RAY_CLIENT_PORT (auto)
+#   --agent-port N        dashboard agent HTTP port              DISTRACER_RAY_AGENT_PORT (auto)
 #   --free-ports          pick free ports for all four above (for tests, or a second head on one machine)
+#                         A port given as "auto" is picked free too. The client and agent ports default
+#                         to auto: any ray.init() on the machine takes Ray's fixed defaults for them.
 #   --token-file FILE     token file, created (mode 600) if absent  DISTRACER_RAY_TOKEN_FILE (~/.ray/auth_token)
 #   --num-cpus N / --num-gpus N / --object-store-memory BYTES   passed to `ray start`
 #   --timeout S           seconds to wait for the Jobs API        DISTRACER_RAY_START_TIMEOUT (90)
@@ -20,7 +22,10 @@
 # Output: `ray start`'s own log goes to stderr and to DIR/start.log; stdout carries only KEY=VALUE lines
 # (also written to DIR/head.env), so a test or a shell can read them:
 #   set -a; eval "$(cluster/start_local_head.sh)"; set +a     # exports RAY_ADDRESS, RAY_AUTH_MODE, ...
-#   ray job submit --working-dir . -- distracer train --config tune_configs/cluster.yaml
+#   ray job submit --runtime-env cluster/runtime_env.yaml -- \
+#       distracer train --config tune_configs/laptop.yaml --set run_dir=$PWD/runs/job-laptop
+# (tune_configs/cluster.yaml wants 32 CPUs and a GPU; run_dir absolute because a job starts in its own
+# copy of the working dir under DIR. More in docs/CLUSTER.md.)
 # Exit status: 0 when the head is up and its Jobs API answers 200 with the token and 401 without it;
 # non-zero with a one-line `start_local_head: error: ...` on stderr otherwise (a half-started head is
 # stopped again before exiting).
@@ -40,8 +45,8 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e
 TEMP_DIR="${DISTRACER_RAY_TEMP_DIR:-${TMPDIR:-/tmp}/distracer-ray-$(id -u)}"
 PORT="${DISTRACER_RAY_PORT:-6379}"
 DASHBOARD_PORT="${DISTRACER_RAY_DASHBOARD_PORT:-8265}"
-CLIENT_PORT="${DISTRACER_RAY_CLIENT_PORT:-10001}"
-AGENT_PORT="${DISTRACER_RAY_AGENT_PORT:-52365}"
+CLIENT_PORT="${DISTRACER_RAY_CLIENT_PORT:-auto}"
+AGENT_PORT="${DISTRACER_RAY_AGENT_PORT:-auto}"
 TOKEN_FILE="${DISTRACER_RAY_TOKEN_FILE:-$HOME/.ray/auth_token}"
 TIMEOUT="${DISTRACER_RAY_START_TIMEOUT:-90}"
 FREE_PORTS=0
@@ -103,17 +108,24 @@ fi
 
 # --- ports ------------------------------------------------------------------------------------------
 if (( FREE_PORTS )); then
-    read -r PORT DASHBOARD_PORT CLIENT_PORT AGENT_PORT < <("$PY" - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
+    PORT=auto DASHBOARD_PORT=auto CLIENT_PORT=auto AGENT_PORT=auto
+fi
+# Replace each "auto" by a port the kernel hands out as free (all bound at once, so they differ).
+read -r PORT DASHBOARD_PORT CLIENT_PORT AGENT_PORT < <("$PY" - "$PORT" "$DASHBOARD_PORT" "$CLIENT_PORT" "$AGENT_PORT" <<'EOF'
+import socket, sys
+socks, out = [], []
+for want in sys.argv[1:]:
+    if want == "auto":
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        want = str(s.getsockname()[1])
+    out.append(want)
+print(*out)
 for s in socks:
     s.close()
 EOF
-    )
-fi
+)
 for p in "$PORT" "$DASHBOARD_PORT" "$CLIENT_PORT" "$AGENT_PORT"; do
     if ! [[ "$p" =~ ^[0-9]+$ ]] || (( p < 1 || p > 65535 )); then die "bad port '$p'"; fi
 done
@@ -143,6 +155,7 @@ if [[ ! -s "$TOKEN_FILE" ]]; then
     log "generated a new token in $TOKEN_FILE"
 fi
 TOKEN_FILE="$(cd "$(dirname "$TOKEN_FILE")" && pwd -P)/$(basename "$TOKEN_FILE")"
+# A token readable by other users of the machine would let them run code as you: tighten an old file too.
 chmod 600 "$TOKEN_FILE"
 
 # --- start ------------------------------------------------------------------------------------------
@@ -256,5 +269,5 @@ esac
 } > "$STATE"
 cat "$STATE"
 log "Ray head is up: dashboard $DASHBOARD_URL (token in $TOKEN_FILE), GCS 127.0.0.1:$PORT"
-log "submit a job:  set -a; . $STATE; set +a; ray job submit --working-dir . -- distracer train --config tune_configs/cluster.yaml"
+log "submit a job:  set -a; . $STATE; set +a; ray job submit --runtime-env cluster/runtime_env.yaml -- distracer train --config tune_configs/laptop.yaml --set run_dir=\$PWD/runs/job-laptop"
 log "stop it:       $SCRIPT_DIR/stop_local_head.sh --temp-dir $TEMP_DIR"
