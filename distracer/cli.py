@@ -75,6 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from distracer.tuning import cmd_tune as run  # imports ray.tune: only when asked for
+
+    return run(args)
+
+
+def _add_tune_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="seeds / hyperparameter search with Ray Tune (tune_configs/search_*.yaml)")
+    _add_config_args(p)
+    p.add_argument("--resume", metavar="EXPERIMENT_DIR", default=None,
+                   help="resume an interrupted search (its errored and unfinished trials, from their checkpoints)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config, the tune section and sample trial configs; start nothing")
+    p.set_defaults(func=cmd_tune)
+
+
+_EXTRA_COMMANDS.append(_add_tune_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import ray
 from ray.exceptions import RayActorError
+from ray.util.placement_group import get_current_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distracer.algos import ActionSpec
 from distracer.checkpoint import load_checkpoint, save_checkpoint
@@ -66,6 +68,26 @@ def _evaluate_remote(weights, env_config, seeds) -> EvalResult:
     # num_cpus=0: evaluation is periodic and light next to training, and must never wait for a CPU
     # that the workers hold (it would deadlock a run that fills its placement group).
     return evaluate_policy(weights, env_config, seeds)
+
+
+def bundle_layout(config: TrainConfig, gpus: float) -> list[dict[str, float]]:
+    """Placement-group bundles of one run, in the order `_bundle` pins the actors to them.
+
+    0: the driver itself (and evaluation, which asks for 0 CPUs); 1: the learner; then one per rollout
+    worker; then one per replay shard (off-policy). `distracer tune` reserves exactly these per trial.
+    """
+    res = config.resources
+
+    def bundle(cpus: float, extra: dict | None = None, gpu: float = 0.0) -> dict[str, float]:
+        out = {"CPU": float(cpus), **{k: float(v) for k, v in (extra or {}).items()}}
+        if gpu > 0:
+            out["GPU"] = float(gpu)
+        return {k: v for k, v in out.items() if v > 0} or {"CPU": 0.01}  # Ray refuses an empty bundle
+
+    shards = config.replay.num_shards if config.algo in OFF_POLICY else 0
+    return ([bundle(1.0), bundle(res.learner_cpus, res.learner_resources, gpus)]
+            + [bundle(res.worker_cpus, res.worker_resources)] * res.num_workers
+            + [bundle(res.shard_cpus, res.worker_resources)] * shards)
 
 
 def probe_spaces(config: TrainConfig) -> tuple[tuple[int, int, int], ActionSpec]:
@@ -117,7 +139,7 @@ class Driver:
     def _setup(self) -> None:
         cfg = self.config
         self.started_ray = init_ray(cfg.resources)
-        gpus = learner_gpus(cfg.resources)  # refuses a GPU the cluster lacks, before any actor starts
+        gpus = self.gpus = learner_gpus(cfg.resources)  # refuses a GPU the cluster lacks, before any actor starts
         self.obs_shape, self.action_spec = probe_spaces(cfg)
         capacity = self._replay_capacity() if cfg.algo in OFF_POLICY else 0
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,17 +149,28 @@ class Driver:
         if cfg.algo in OFF_POLICY:
             self._create_shards(capacity)
         self.learner = ray.remote(num_cpus=cfg.resources.learner_cpus, num_gpus=gpus,
-                                  resources=cfg.resources.learner_resources or None)(LearnerActor).remote(
+                                  resources=cfg.resources.learner_resources or None)(LearnerActor).options(
+            **self._bundle(1)).remote(
             cfg, self.obs_shape, self.action_spec, self.shards, learner_state, gpus > 0)
         self.actors.append(self.learner)
         worker_cls = ray.remote(num_cpus=cfg.resources.worker_cpus, max_restarts=-1,
                                 resources=cfg.resources.worker_resources or None)(RolloutWorker)
         for i in range(cfg.resources.num_workers):
             shard = self.shards[i % len(self.shards)] if self.shards else None
-            self.workers.append(worker_cls.remote(cfg, i, shard, self.counters.resumes))
+            self.workers.append(worker_cls.options(**self._bundle(2 + i)).remote(cfg, i, shard, self.counters.resumes))
         self.actors += self.workers
         ray.get([w.ready.remote() for w in self.workers] + [self.learner.num_updates.remote()])
         self.weights_ref = self._publish()
+
+    def _bundle(self, index: int) -> dict[str, Any]:
+        """Pin an actor to its own bundle when this run owns a placement group laid out by `bundle_layout`
+        (a `distracer tune` trial). Left to Ray, a 1-CPU worker can take a slot of the learner's 2-CPU
+        bundle and the learner then waits forever (seen on Ray 2.60)."""
+        pg = get_current_placement_group()
+        if pg is None or len(pg.bundle_specs) != len(bundle_layout(self.config, self.gpus)):
+            return {}
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=index, placement_group_capture_child_tasks=True)}
 
     def _replay_capacity(self) -> int:
         from distracer.replay.sizing import capacity_from_budget, parse_bytes
@@ -159,7 +192,7 @@ class Driver:
         shard_cls = ray.remote(num_cpus=cfg.resources.shard_cpus,
                                resources=cfg.resources.worker_resources or None)(ReplayShardImpl)
         for i in range(cfg.replay.num_shards):
-            shard = shard_cls.remote(
+            shard = shard_cls.options(**self._bundle(2 + cfg.resources.num_workers + i)).remote(
                 capacity=capacity, frame_shape=tuple(frame_shape),
                 action_shape=() if discrete else (self.action_spec.n,),
                 action_dtype=np.int64 if discrete else np.float32,
