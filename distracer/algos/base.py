@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -163,6 +164,9 @@ class Learner(abc.ABC):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Optimisers keep the state tensors they are given: copy, so two learners loaded from one
+        # in-memory state never share Adam moments.
+        state = copy.deepcopy(state)
         if state.get("algo") != self.algo:
             raise ConfigError(f"checkpoint holds a {state.get('algo')!r} learner, not {self.algo!r}")
         modules = self.modules()
