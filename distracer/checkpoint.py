@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,82 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if found:
             return found[-1]
     return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Format detection (for `distracer evaluate` / `export`): nothing here unpickles or loads tensors.
+
+SB3_ZIP_MEMBERS = ("data", "policy.pth")
+_SKIP_DIRS = {"replay", "tb", "__pycache__"}
+
+
+def detect_format(path: str | Path, max_depth: int = 4) -> tuple[str, Path]:
+    """What `path` holds: ("distracer", checkpoint dir) or ("sb3", .zip file); else a one-line ConfigError.
+
+    A directory may be a checkpoint, a run dir (its newest checkpoint), or any folder holding
+    checkpoints a few levels down, as Tune's `checkpoint_00000N/` and trial dirs do: the newest
+    checkpoint wins, but checkpoints of several different runs (a Tune experiment dir) are refused
+    as ambiguous. Checksums are not checked here: `load_checkpoint` does that.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_file():
+        return "sb3", _check_sb3_zip(path)
+    if (path / MANIFEST).is_file():
+        return "distracer", path
+    found = _find_manifests(path, max_depth)
+    if not found:
+        if (path / LEARNER_FILE).exists() or (path / STATE_FILE).exists():
+            verify_checkpoint(path)  # raises its one-line reason (e.g. no manifest: incomplete)
+        raise ConfigError(f"{str(path)!r} holds no distracer checkpoint (no {MANIFEST} within {max_depth} levels)")
+    runs = {_run_identity(p) for p in found}
+    if len(runs) > 1:
+        raise ConfigError(f"{str(path)!r} holds checkpoints of {len(runs)} different runs (e.g. a Tune experiment); "
+                          f"pass one trial's directory or checkpoint, e.g. {str(found[-1])!r}")
+    return "distracer", max(found, key=_checkpoint_order)
+
+
+def _check_sb3_zip(path: Path) -> Path:
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"checkpoint {str(path)!r} is a file but neither an SB3 .zip nor a distracer "
+                          "checkpoint (those are directories)")
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+    missing = [m for m in SB3_ZIP_MEMBERS if m not in names]
+    if missing:
+        raise ConfigError(f"{str(path)!r} is neither a Stable-Baselines3 model .zip (it lacks {', '.join(missing)}) "
+                          "nor a distracer checkpoint directory")
+    return path
+
+
+def _find_manifests(root: Path, max_depth: int) -> list[Path]:
+    """Checkpoint dirs (holding a MANIFEST) under `root`, at most `max_depth` levels down."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        depth = len(Path(dirpath).relative_to(root).parts)
+        if MANIFEST in filenames and not Path(dirpath).name.startswith("."):  # skip half-written temp dirs
+            found.append(Path(dirpath))
+            dirnames.clear()
+            continue
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".") and depth < max_depth]
+    return sorted(found)
+
+
+def _run_identity(ckpt: Path) -> str:
+    """Checkpoints of one run share algo, seed and run_dir; a Tune search's trials differ in at least one."""
+    try:
+        config = json.loads((ckpt / STATE_FILE).read_text()).get("config", {})
+        return json.dumps([config.get("algo"), config.get("seed"), config.get("run_dir")])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return str(ckpt)  # unreadable: its own group; load_checkpoint will name what is wrong
+
+
+def _checkpoint_order(ckpt: Path) -> tuple[int, float]:
+    """Newest by env step (state.json's counters; Tune's copies are named checkpoint_N), then by mtime."""
+    try:
+        step = int(json.loads((ckpt / STATE_FILE).read_text())["counters"]["env_steps"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        name = ckpt.name[len(PREFIX):] if ckpt.name.startswith(PREFIX) else ""
+        step = int(name) if name.isdigit() else -1
+    return step, ckpt.stat().st_mtime

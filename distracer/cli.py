@@ -94,6 +94,20 @@ def _add_tune_command(sub: argparse._SubParsersAction) -> None:
 _EXTRA_COMMANDS.append(_add_tune_command)
 
 
+def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
+    """evaluate | export | plot: their parsers live beside their code (evaluate.py, sb3_interop.py, plot.py)."""
+    from distracer.evaluate import add_evaluate_parser
+    from distracer.plot import add_plot_parser
+    from distracer.sb3_interop import add_export_parser
+
+    add_evaluate_parser(sub)
+    add_export_parser(sub)
+    add_plot_parser(sub)
+
+
+_EXTRA_COMMANDS.append(_add_evaluation_commands)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
