@@ -1,0 +1,42 @@
+"""Every YAML in tune_configs/ loads and validates; search configs' `tune:` sections too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distracer.config import load_config, read_yaml
+from distracer.tuning import load_search
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(REPO.glob("tune_configs/*.yaml"))
+ALGOS = ["sac_drq", "ppo", "dqn"]
+PRESETS = sorted(p.stem for p in CONFIGS if p.stem not in ALGOS and not p.stem.startswith("search_"))
+
+
+def test_configs_found():
+    names = {p.stem for p in CONFIGS}
+    assert {"sac_drq", "ppo", "dqn", "search_sac_drq", "search_ppo", "search_dqn"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_validates(path):
+    raw = yaml.safe_load(path.read_text())
+    assert isinstance(raw, dict), f"{path.name} must hold a mapping"
+    if "tune" in read_yaml(path):
+        search = load_search(str(path))  # base config, tune section, and sample trial configs
+        assert path.stem.startswith("search_"), "only search_*.yaml carry a tune: section"
+        assert search.settings.num_trials() >= 1
+        assert search.config.algo in path.stem
+    else:
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_presets_layer_over_every_algorithm(algo, preset):
+    """`make train ALGO=... PRESET=...`: the algorithm's file, then the preset's resources."""
+    config = load_config([str(REPO / f"tune_configs/{algo}.yaml"), str(REPO / f"tune_configs/{preset}.yaml")])
+    assert config.algo == algo
