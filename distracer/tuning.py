@@ -405,29 +405,48 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
     """
     from distracer.runtime.driver import train
 
-    context = tune.get_context()
-    config = trial_config(search, sampled, run_dir=os.path.join(context.get_trial_dir(), "run"))
+    config = trial_config(search, sampled, run_dir=_trial_run_dir(search))
     evaluations = 0
     restarts = 0  # times this trial was started again from a checkpoint (counted in the checkpoint itself)
+    last_was_evaluation = False
 
     def reporter(summary: dict[str, Any], checkpoint: Path | None) -> None:
-        nonlocal evaluations
-        if checkpoint is None:  # the driver reports evaluations without a checkpoint
-            evaluations += 1
+        nonlocal evaluations, last_was_evaluation
+        last_was_evaluation = checkpoint is None  # the driver reports evaluations without a checkpoint
+        evaluations += last_was_evaluation
         metrics = _scalar_metrics(summary)
-        metrics.update(evaluations=evaluations, trial_restarts=restarts, new_evaluation=checkpoint is None)
+        metrics.update(evaluations=evaluations, trial_restarts=restarts, new_evaluation=last_was_evaluation)
         if checkpoint is None:
             tune.report(metrics)
         else:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
 
+    def run(resume: str | None) -> None:
+        summary = train(config, resume=resume, reporter=reporter, handle_signals=False)
+        if last_was_evaluation and summary.get("checkpoint"):
+            # The driver's final checkpoint was written (and reported, unscored) just before the final
+            # evaluation of the same weights: report it again with that score, so checkpoints are ranked right.
+            metrics = _scalar_metrics(summary)
+            metrics.update(evaluations=evaluations, trial_restarts=restarts, new_evaluation=False)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(summary["checkpoint"]))
+
     restored = tune.get_checkpoint()
     if restored is None:
-        train(config, reporter=reporter, handle_signals=False)
+        run(None)
         return
     with restored.as_directory() as ckpt_dir:  # kept open for the whole run: a saved replay is read at setup
         restarts = json.loads((Path(ckpt_dir) / "state.json").read_text())["counters"].get("resumes", 0) + 1
-        train(config, resume=ckpt_dir, reporter=reporter, handle_signals=False)
+        run(ckpt_dir)
+
+
+def _trial_run_dir(search: Search) -> str:
+    """The driver's run_dir inside the trial: in the experiment directory itself when storage is a local (or
+    shared) path, so metrics and TensorBoard files are live there and never copied; Tune's local trial dir
+    (on the node running the trial) when storage is a URI."""
+    local = tune.get_context().get_trial_dir()
+    if "://" in search.storage_path:
+        return os.path.join(local, "run")
+    return os.path.join(search.experiment_dir, os.path.basename(local.rstrip("/")), "run")
 
 
 def trial_resources(search: Search, sampled: dict[str, Any]) -> Any:
@@ -623,6 +642,8 @@ def best_of(results: Any, settings: TuneSettings) -> dict[str, Any]:
     except RuntimeError:
         return {"best": None, "num_trials": len(results), "errors": errors}
     checkpoint = best.get_best_checkpoint(settings.metric, settings.mode) or best.checkpoint
+    checkpoint_score = next((m.get(settings.metric) for c, m in best.best_checkpoints
+                             if checkpoint is not None and c.path == checkpoint.path), None)
     history = best.metrics_dataframe
     score = None
     if history is not None and settings.metric in history:
@@ -631,6 +652,7 @@ def best_of(results: Any, settings: TuneSettings) -> dict[str, Any]:
     return {
         "best": {"trial_dir": best.path, "config": best.config, "score": score,
                  "checkpoint": checkpoint.path if checkpoint is not None else None,
+                 "checkpoint_score": checkpoint_score,
                  "last_metrics": {k: best.metrics.get(k) for k in ("env_steps", "eval_return_mean")}},
         "num_trials": len(results),
         "errors": errors,
@@ -673,6 +695,6 @@ def format_summary(summary: dict[str, Any], search: Search) -> str:
     score = "n/a" if best["score"] is None else f"{best['score']:.1f}"
     lines += [f"distracer: best {search.settings.metric} {score}",
               f"distracer: best config {json.dumps(best['config'], sort_keys=True)}",
-              f"distracer: best checkpoint {best['checkpoint']}",
+              f"distracer: best checkpoint {best['checkpoint']} ({search.settings.metric} {best['checkpoint_score']})",
               f"distracer: resume with: distracer tune --resume {search.experiment_dir}"]
     return "\n".join(lines)

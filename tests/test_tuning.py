@@ -135,6 +135,8 @@ def test_search_two_trials_with_asha(ray_local, tmp_path, capsys):
     assert summary["num_trials"] == 2 and summary["errors"] == []
     best = summary["best"]
     assert best is not None and best["score"] is not None and best["score"] == best["score"]
+    # The best checkpoint is the final one, scored by the final evaluation of its own weights.
+    assert best["checkpoint_score"] == best["score"]
     ckpt = load_checkpoint(best["checkpoint"])  # Tune's checkpoint dir is a distracer checkpoint
     saved = ckpt.state["config"]
     assert saved["sac_drq"]["actor_lr"] == saved["sac_drq"]["critic_lr"] == best["config"]["sac_drq.actor_lr"]
