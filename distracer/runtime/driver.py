@@ -161,6 +161,11 @@ class Driver:
         self.actors += self.workers
         ray.get([w.ready.remote() for w in self.workers] + [self.learner.num_updates.remote()])
         self.weights_ref = self._publish()
+        replay_restored = self.checkpoint is not None and self.checkpoint.replay_dir is not None
+        if self.checkpoint is not None and not replay_restored:
+            self.ratio_base = (self.counters.num_updates, self.counters.env_steps)
+        else:
+            self.ratio_base = (0, 0)
 
     def _bundle(self, index: int) -> dict[str, Any]:
         """Pin an actor to its own bundle when this run owns a placement group laid out by `bundle_layout`
@@ -211,9 +216,11 @@ class Driver:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:
-        previous = self._install_signal_handlers()
+        previous: dict = {}
         try:
             self._setup()
+            # After ray.init, which installs handlers of its own; a Ctrl-C during setup just tears down.
+            previous = self._install_signal_handlers()
             self.start_time = time.time() - self.counters.wall_seconds
             self.logger.info(f"distracer: training {self.config.algo} for {self.config.total_env_steps:,} env steps "
                              f"with {self.config.resources.num_workers} worker(s) -> {self.run_dir}")
@@ -243,8 +250,16 @@ class Driver:
 
     # ----- off-policy
     def _allowed_updates(self) -> int:
+        """Updates the replay ratio allows after the steps collected so far.
+
+        Counted from `ratio_base` (updates, env steps): (0, 0) for a fresh run or a resume with its
+        replay; the resume point otherwise, so an empty replay refills for `learning_starts` steps
+        before updates resume, with no burst of owed updates after it.
+        """
         algo = self.config.algo_config
-        return int(max(0, self.counters.env_steps - algo.learning_starts) * algo.updates_per_step)
+        base_updates, base_steps = self.ratio_base
+        steps = self.counters.env_steps - base_steps - algo.learning_starts
+        return base_updates + int(max(0, steps) * algo.updates_per_step)
 
     def _run_off_policy(self) -> None:
         cfg, algo = self.config, self.config.algo_config
@@ -258,7 +273,7 @@ class Driver:
         since_publish = 0
 
         def launch_worker(i: int) -> None:
-            warmup = self.counters.env_steps < algo.learning_starts
+            warmup = self.counters.env_steps < algo.learning_starts  # random actions: only a fresh run
             weights = None if sent_version[i] == self.counters.weights_version else self.weights_ref
             ref = self.workers[i].collect.remote(frag, weights, warmup, self._epsilon(i))
             sent_version[i] = self.counters.weights_version

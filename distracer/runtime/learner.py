@@ -40,7 +40,8 @@ class LearnerActor:
         self.shards = shards or []
         self.batch_size = getattr(config.algo_config, "batch_size", 0)
         self.inflight: deque[ray.ObjectRef] = deque()
-        self.next_shard = 0
+        self.shard_rng = np.random.default_rng(config.seed)
+        self.shard_weights: np.ndarray | None = None
         self.update_seconds = 0.0
         self.wait_seconds = 0.0
 
@@ -60,13 +61,20 @@ class LearnerActor:
         return [ray.put(self.learner.policy_weights())]
 
     # ----- off-policy -----
+    def _refresh_shard_weights(self) -> None:
+        """Pick shards in proportion to what they hold: uniform over the union, and never an empty one."""
+        sizes = np.array([s["size"] for s in ray.get([shard.stats.remote() for shard in self.shards])], float)
+        if sizes.sum() <= 0:
+            raise RuntimeError("the learner was asked to train before any replay shard holds a transition")
+        self.shard_weights = sizes / sizes.sum()
+
     def _request(self) -> None:
-        shard = self.shards[self.next_shard % len(self.shards)]
-        self.next_shard += 1
-        self.inflight.append(shard.sample.remote(self.batch_size))
+        index = int(self.shard_rng.choice(len(self.shards), p=self.shard_weights))
+        self.inflight.append(self.shards[index].sample.remote(self.batch_size))
 
     def train(self, num_updates: int) -> dict[str, float]:
         """Run `num_updates` updates on replay batches; returns the mean of their metrics."""
+        self._refresh_shard_weights()
         while len(self.inflight) < self.config.replay.prefetch:
             self._request()
         sums: dict[str, float] = {}
