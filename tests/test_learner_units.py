@@ -195,8 +195,10 @@ def test_device_config_refuses_unknown_values(device, precision, match):
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
 def test_device_config_refuses_cuda_without_gpu(monkeypatch, device):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = DeviceConfig(device)
+    config.validate()  # the config itself is fine: the learner may run on another node
     with pytest.raises(ConfigError, match="no CUDA GPU"):
-        DeviceConfig(device).validate()
+        config.check_available()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "auto"])

@@ -58,6 +58,10 @@ class DeviceConfig:
             raise ConfigError(f"learner.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"learner.device={self.device!r} is unknown; allowed: auto, cpu, cuda, cuda:N")
+
+    def check_available(self) -> None:
+        """Refuse a CUDA device where the learner runs (not where the config is read: a cluster's head
+        may have no GPU while its learner node does)."""
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"learner.device={self.device!r} but this machine has no CUDA GPU")
 
@@ -104,6 +108,7 @@ class Learner(abc.ABC):
 
     def __init__(self, obs_shape: tuple[int, int, int], action_spec: ActionSpec, device: DeviceConfig, seed: int):
         device.validate()
+        device.check_available()
         self.obs_shape = tuple(obs_shape)
         self.action_spec = action_spec
         self.device_config = device
