@@ -159,6 +159,8 @@ class TrainConfig:
             raise ConfigError(f"seed={self.seed} must be in [0, eval.seed={self.eval.seed}) so eval tracks stay unseen")
         for section in (self.env, self.learner, self.resources, self.replay, self.eval, self.checkpoint):
             section.validate()
+        if self.algo == "dqn" and self.dqn.exploration_horizon == 0:
+            self.dqn.exploration_horizon = self.total_env_steps  # epsilon decays over this run's budget
         if self.algo == "ppo":
             # PPO's env count is what the resources run; one source of truth.
             self.ppo.num_envs = self.resources.num_workers * self.resources.envs_per_worker

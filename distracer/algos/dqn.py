@@ -67,8 +67,8 @@ class DQNConfig:
     """Epsilon after the decay (SB3 exploration_final_eps)."""
     exploration_fraction: float = 0.1
     """Fraction of `exploration_horizon` over which epsilon decays linearly (SB3 default)."""
-    exploration_horizon: int = 1_000_000
-    """Env steps the fraction refers to: normally the run's total env steps (the seed's benchmarks use 1M)."""
+    exploration_horizon: int = 0
+    """Env steps the fraction refers to; 0 = the run's total_env_steps (1M for a learner built outside a run)."""
     eps_decay_steps: int = 0
     """If > 0, decay epsilon over exactly this many env steps instead of fraction * horizon."""
     per_worker_epsilon: bool = False
@@ -98,7 +98,7 @@ class DQNConfig:
         need(0.0 <= self.eps_start <= 1.0, "eps_start", "0..1")
         need(0.0 <= self.eps_end <= 1.0, "eps_end", "0..1")
         need(0.0 < self.exploration_fraction <= 1.0, "exploration_fraction", "0 < fraction <= 1")
-        need(self.exploration_horizon >= 1, "exploration_horizon", ">= 1")
+        need(self.exploration_horizon >= 0, "exploration_horizon", ">= 0 (0 = the run's total_env_steps)")
         need(self.eps_decay_steps >= 0, "eps_decay_steps", ">= 0 (0 = fraction * horizon)")
         need(0.0 < self.apex_base < 1.0, "apex_base", "0 < base < 1")
         need(self.apex_alpha >= 0, "apex_alpha", ">= 0")
@@ -109,7 +109,8 @@ class DQNConfig:
         """Env steps over which epsilon goes from eps_start to eps_end."""
         if self.eps_decay_steps > 0:
             return self.eps_decay_steps
-        return max(1, int(self.exploration_fraction * self.exploration_horizon))
+        horizon = self.exploration_horizon or 1_000_000  # a learner built outside a run: SB3's 1M benchmark
+        return max(1, int(self.exploration_fraction * horizon))
 
     def worker_epsilon(self, env_steps: int, worker_index: int, num_workers: int) -> float:
         """Epsilon for rollout worker `worker_index` of `num_workers`: Ape-X fixed or the shared decay.
