@@ -4,19 +4,24 @@
 Stock CarRacing spends almost all of a step drawing the 1000x800 window in Python and then shrinking it.
 This subclass keeps every pixel the same and changes only how the work is done:
 
-* Culling in numpy. All grass squares and road polygons are rotated, scaled and translated at once,
-  with the exact float operations pygame's `Vector2.rotate_rad` uses (tests check equality), and only
-  the polygons the stock bounding-box test keeps are passed to the stock `gfxdraw` calls, in stock order.
+* Culling in numpy. A cheap, conservative test on polygon centres picks candidates; those are rotated,
+  scaled and translated at once with the exact float operations pygame's `Vector2.rotate_rad` uses
+  (tests check equality); the stock bounding-box test runs on them vectorised. Polygons it keeps that
+  lie wholly outside the window (most of them: its margin is ~380 px) are skipped, as gfxdraw would
+  set no pixel; the rest go to the stock `gfxdraw` calls, in stock order.
 * No flip and a smaller shrink. `smoothscale` shrinks X (row by row) then Y, so the X pass over the
   unflipped window equals the flipped X pass with its rows reversed. The bottom 100 rows of the stock
   frame are the dashboard (black bar, indicators, score), drawn after the flip over the road; so the
   road rows under it are never shrunk, and the dashboard is drawn on its own 1000x100 strip. When an
   indicator would reach above the strip, the stock flip-and-draw path runs instead.
-* Reuse. One canvas and a cache of rendered score texts replace per-frame allocations; the
-  canvas is not cleared when the background polygon provably covers it.
+* Reuse. One canvas and a cache of rendered score texts replace per-frame allocations. When the
+  background polygon provably covers the window, a fill with the pixel it writes replaces both the
+  clear and gfxdraw's walk over its ~12,000 scanlines.
 
-Rendering reads only the current state (car body, time, reward, tile colours), so skipping frames
-(`render_observations = False`, used by `ActionRepeat`) cannot change later frames.
+Rendering reads only the current state (car body, time, tile colours, score), so skipping frames
+(`render_observations = False`, used by `ActionRepeat`) cannot change later frames. One catch: stock
+step() draws before it takes the step's 0.1 off the score, so `observe()` draws with the score of that
+moment, which it records when a step skips drawing.
 """
 
 from __future__ import annotations
