@@ -98,3 +98,14 @@ def test_bad_runs_refused_before_any_actor(ray_local, tmp_path, override, messag
     with pytest.raises(ConfigError, match=message):
         train(small_config(tmp_path, "sac_drq", "total_env_steps=100", override), handle_signals=False)
     assert alive_actors() == before
+
+
+def test_replay_saved_with_checkpoint_survives_resume(ray_local, tmp_path):
+    config = small_config(tmp_path, "sac_drq", "total_env_steps=160", "checkpoint.save_replay=true")
+    first = train(config, handle_signals=False)
+    assert os.path.isdir(os.path.join(first["checkpoint"], "replay", "shard_0"))
+    resumed = train(small_config(tmp_path, "sac_drq", "total_env_steps=224", "checkpoint.save_replay=true"),
+                    resume=first["checkpoint"], handle_signals=False)
+    # With its replay back, the run trains on at once: the ratio holds over all 224 steps. Without it,
+    # the first learning_starts (64) steps after the resume would only refill the replay.
+    assert resumed["num_updates"] == pytest.approx(0.5 * (resumed["env_steps"] - 64), abs=2)
