@@ -27,10 +27,11 @@ class NatureCNN(nn.Module):
     Pixels are scaled to [0, 1] inside the network so uint8 batches travel to the GPU (4x fewer bytes).
     """
 
-    def __init__(self, obs_shape: tuple[int, int, int], features_dim: int = 512):
+    def __init__(self, obs_shape: tuple[int, int, int], features_dim: int = 512, channels_last: bool = False):
         super().__init__()
         check_obs_shape(obs_shape)
         self.features_dim = features_dim
+        self.channels_last = channels_last
         self.cnn = nn.Sequential(
             nn.Conv2d(obs_shape[0], 32, kernel_size=8, stride=4),
             nn.ReLU(),
@@ -43,8 +44,14 @@ class NatureCNN(nn.Module):
         with torch.no_grad():
             n_flatten = self.cnn(torch.zeros(1, *obs_shape)).shape[1]
         self.linear = nn.Sequential(nn.Linear(n_flatten, features_dim), nn.ReLU())
+        if channels_last:
+            # NHWC conv weights: oneDNN on CPU runs these convolutions 10-15% faster (benchmarks/learner_speed.py).
+            # Flatten still yields C, H, W order, so the weights keep SB3's layout and export unchanged.
+            self.cnn.to(memory_format=torch.channels_last)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            obs = obs.contiguous(memory_format=torch.channels_last)  # while uint8: 4x fewer bytes to move
         return self.linear(self.cnn(obs.float() / 255.0))
 
 
