@@ -109,3 +109,13 @@ def test_replay_saved_with_checkpoint_survives_resume(ray_local, tmp_path):
     # With its replay back, the run trains on at once: the ratio holds over all 224 steps. Without it,
     # the first learning_starts (64) steps after the resume would only refill the replay.
     assert resumed["num_updates"] == pytest.approx(0.5 * (resumed["env_steps"] - 64), abs=2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 99, 5_000, 999_999])
+def test_training_env_seeds_stay_below_eval_seeds(seed):
+    from distracer.runtime.worker import env_seed
+
+    config = load_config(None, [f"seed={seed}"])
+    seeds = {env_seed(config, w, e, salt) for w in range(4) for e in range(3) for salt in range(3)}
+    assert len(seeds) == 36  # distinct per worker, env and restart
+    assert all(0 <= s < config.eval.seed for s in seeds)

@@ -32,9 +32,10 @@ class CollectStats:
     weights_version: int = -1
 
 
-def env_seed(config: TrainConfig, worker_index: int, env_index: int) -> int:
-    """Training seeds: distinct per env, below eval.seed so evaluation tracks are never trained on."""
-    return config.seed * 10_000 + worker_index * config.resources.envs_per_worker + env_index
+def env_seed(config: TrainConfig, worker_index: int, env_index: int, salt: int = 0) -> int:
+    """A training env's seed: distinct per (run seed, worker, env, restart) and always below eval.seed,
+    so evaluation tracks are never trained on."""
+    return int(np.random.default_rng([config.seed, worker_index, env_index, salt]).integers(config.eval.seed))
 
 
 class RolloutWorker:
@@ -48,7 +49,7 @@ class RolloutWorker:
         n = config.resources.envs_per_worker
         # After a restart the same seeds would replay the same tracks; the salt moves them on.
         salt = restart_salt + int(ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed)
-        self.envs = [make_env(config.env, seed=env_seed(config, worker_index, j) + 7919 * salt) for j in range(n)]
+        self.envs = [make_env(config.env, seed=env_seed(config, worker_index, j, salt)) for j in range(n)]
         self.action_spec = ActionSpec.from_space(self.envs[0].action_space)
         self.rng = np.random.default_rng([config.seed, worker_index, salt])
         self.policy = None
