@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,7 +345,7 @@ def load_search(paths: list[str] | str | None, overrides: list[str] | None = Non
 
 def _override_search_space(tune_raw: dict[str, Any], item: str) -> dict[str, Any]:
     """`--set tune.search_space.<dotted key>={type: ...}` adds or replaces a dim, and
-    `--set tune.search_space.<dotted key>.<field>=value` changes one field of an existing dim
+    `--set tune.search_space.<dotted key>.<field>=value` changes one field of an existing dim, `=null` drops one
     (search-space keys contain dots themselves, so the generic nesting of --set does not apply)."""
     path, _, _ = item.partition("=")
     rest = path[len("tune.search_space."):]
@@ -355,6 +356,8 @@ def _override_search_space(tune_raw: dict[str, Any], item: str) -> dict[str, Any
         space[key] = {**space[key], last: value}
     elif isinstance(value, dict):
         space[rest] = value
+    elif value is None:  # `tune.search_space.<key>=null` drops a dim
+        space.pop(rest, None)
     else:
         raise ConfigError(f"override {item!r}: give a dim like tune.search_space.{rest}="
                           "'{type: loguniform, lower: 1.0e-5, upper: 1.0e-3}' or set a field of an existing dim")
@@ -406,6 +409,10 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
     from distracer.runtime.driver import train
 
     config = trial_config(search, sampled, run_dir=_trial_run_dir(search))
+    # The driver's own checkpoints are scratch (Tune keeps copies). Clear those of an earlier attempt of
+    # this trial: they may be newer than the Tune checkpoint it resumes from, and pruning (keep=1, by step)
+    # would then delete each new checkpoint before Tune could copy it.
+    shutil.rmtree(Path(config.run_dir) / "checkpoints", ignore_errors=True)
     evaluations = 0
     restarts = 0  # times this trial was started again from a checkpoint (counted in the checkpoint itself)
     last_was_evaluation = False
@@ -637,13 +644,15 @@ def run_search(search: Search, resume: bool = False) -> dict[str, Any]:
 def best_of(results: Any, settings: TuneSettings) -> dict[str, Any]:
     """The best trial by its best-ever `metric` (not its last): config, score and best checkpoint."""
     errors = [str(e).splitlines()[0] for e in results.errors]
+    # Trials neither done nor errored: the experiment was interrupted (Ctrl-C) and can be resumed. (Tune marks
+    # the last result of a finished or stopped trial done=True; ResultGrid.num_terminated counts interrupted
+    # trials as terminated.)
+    unfinished = sum(1 for r in results if r.error is None and not r.metrics.get("done"))
     try:
         best = results.get_best_result(metric=settings.metric, mode=settings.mode, scope="all")
     except RuntimeError:
-        return {"best": None, "num_trials": len(results), "errors": errors}
-    checkpoint = best.get_best_checkpoint(settings.metric, settings.mode) or best.checkpoint
-    checkpoint_score = next((m.get(settings.metric) for c, m in best.best_checkpoints
-                             if checkpoint is not None and c.path == checkpoint.path), None)
+        return {"best": None, "num_trials": len(results), "errors": errors, "unfinished": unfinished}
+    checkpoint, checkpoint_score = _best_checkpoint(best, settings)
     history = best.metrics_dataframe
     score = None
     if history is not None and settings.metric in history:
@@ -656,7 +665,19 @@ def best_of(results: Any, settings: TuneSettings) -> dict[str, Any]:
                  "last_metrics": {k: best.metrics.get(k) for k in ("env_steps", "eval_return_mean")}},
         "num_trials": len(results),
         "errors": errors,
+        "unfinished": unfinished,
     }
+
+
+def _best_checkpoint(result: Any, settings: TuneSettings) -> tuple[Any, float | None]:
+    """The trial's kept checkpoint with the best finite score, else its newest. (Tune's own
+    Result.get_best_checkpoint takes max() over scores that include NaN, and NaN can win.)"""
+    scored = [(c, m[settings.metric]) for c, m in result.best_checkpoints
+              if isinstance(m.get(settings.metric), int | float) and math.isfinite(m[settings.metric])]
+    if not scored:
+        return result.checkpoint, None
+    pick = max if settings.mode == "max" else min
+    return pick(scored, key=lambda item: item[1])
 
 
 def cmd_tune(args: Any) -> int:
@@ -682,12 +703,18 @@ def cmd_tune(args: Any) -> int:
         if started:
             ray.shutdown()
     print(format_summary(summary, search))
+    if summary["unfinished"]:
+        return 130
     return 0 if summary["best"] is not None else 1
 
 
 def format_summary(summary: dict[str, Any], search: Search) -> str:
     lines = [f"distracer: {summary['num_trials']} trial(s) in {search.experiment_dir}"]
     lines += [f"distracer: trial error: {e}" for e in summary["errors"]]
+    if summary["unfinished"]:
+        lines.append(f"distracer: interrupted with {summary['unfinished']} trial(s) unfinished; "
+                     f"continue with: distracer tune --resume {search.experiment_dir}")
+        return "\n".join(lines)
     best = summary["best"]
     if best is None:
         lines.append(f"distracer: no trial reported {search.settings.metric}")

@@ -27,7 +27,7 @@ SMALL = [
     "total_env_steps=192", "checkpoint.every_env_steps=64",
 ]
 SEARCH = [
-    "tune.name=t", "tune.num_samples=1", "tune.seeds=[1, 2]", "tune.num_to_keep=1", "tune.max_failures=0",
+    "tune.name=t", "tune.num_samples=1", "tune.seeds=[1, 2]", "tune.num_to_keep=2", "tune.max_failures=0",
     "tune.search_space.sac_drq.actor_lr={type: loguniform, lower: 1.0e-4, upper: 1.0e-3, also: [sac_drq.critic_lr]}",
     "tune.scheduler={type: asha, grace_period: 64, max_t: 192, reduction_factor: 2}",
 ]
@@ -135,8 +135,9 @@ def test_search_two_trials_with_asha(ray_local, tmp_path, capsys):
     assert summary["num_trials"] == 2 and summary["errors"] == []
     best = summary["best"]
     assert best is not None and best["score"] is not None and best["score"] == best["score"]
-    # The best checkpoint is the final one, scored by the final evaluation of its own weights.
-    assert best["checkpoint_score"] == best["score"]
+    # The best checkpoint is the final one, scored by the final evaluation of its own weights (the one before
+    # it, kept too, is unscored: NaN must not win).
+    assert best["checkpoint_score"] == best["score"] and best["checkpoint"].endswith("checkpoint_000003")
     ckpt = load_checkpoint(best["checkpoint"])  # Tune's checkpoint dir is a distracer checkpoint
     saved = ckpt.state["config"]
     assert saved["sac_drq"]["actor_lr"] == saved["sac_drq"]["critic_lr"] == best["config"]["sac_drq.actor_lr"]
@@ -197,3 +198,58 @@ def test_failed_trial_restarts_from_its_checkpoint_and_resume(ray_local, tmp_pat
     assert resumed["errors"] == [] and resumed["num_trials"] == 1
     ckpt = load_checkpoint(resumed["best"]["checkpoint"])
     assert ckpt.state["counters"]["env_steps"] >= 320 and ckpt.state["counters"]["resumes"] == 1
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_then_resume(tmp_path):
+    """The user's path: `distracer tune` (own embedded Ray), Ctrl-C after a checkpoint, `--resume`."""
+    import subprocess
+    import sys
+
+    sets = [a for item in SMALL + SEARCH + [f"run_dir={tmp_path}", "tune.seeds=[1]", "tune.scheduler=none",
+                                             "total_env_steps=640", "resources.local_num_cpus=4",
+                                             "resources.object_store_memory=200MB", "resources.learner_gpus=0",
+                                             "resources.num_workers=1"] for a in ("--set", item)]
+    cmd = [sys.executable, "-m", "distracer", "tune", "--config", SEARCH_SAC, *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        deadline = time.time() + 180
+        while (time.time() < deadline and proc.poll() is None
+               and not list((tmp_path / "t").glob("run_trial_*/checkpoint_000001"))):
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    assert f"distracer tune --resume {tmp_path / 't'}" in out
+
+    done = subprocess.run([sys.executable, "-m", "distracer", "tune", "--resume", str(tmp_path / "t")],
+                          capture_output=True, text=True, cwd=REPO, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    best = re.search(r"best checkpoint (\S+) \(eval_return_mean (\S+)\)", done.stdout)
+    assert best and best.group(2) != "nan" and best.group(2) != "None"
+    ckpt = load_checkpoint(best.group(1))
+    assert ckpt.state["counters"]["env_steps"] >= 640 and ckpt.state["counters"]["resumes"] == 1
+
+
+ALGO_RUNS = {
+    "dqn": ["algo=dqn", "env.action_space=discrete", "dqn.batch_size=16", "dqn.learning_starts=64",
+            "dqn.updates_per_step=0.5", "dqn.exploration_horizon=1000",
+            "tune.search_space.dqn.learning_rate={type: loguniform, lower: 1.0e-5, upper: 1.0e-3}"],
+    "ppo": ["algo=ppo", "ppo.num_steps=32", "ppo.n_epochs=2", "ppo.minibatch_size=32", "resources.num_workers=2",
+            "tune.search_space.ppo.lr={type: choice, values: [1.0e-4, 3.0e-4]}"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", sorted(ALGO_RUNS))
+def test_search_runs_each_algorithm(ray_local, tmp_path, algo):
+    """DQN (with a replay shard) and PPO (no shard: a smaller placement group) through one trial each."""
+    search = load_search(None, SMALL + SEARCH + ALGO_RUNS[algo] + [
+        f"run_dir={tmp_path}", "tune.seeds=[1]", "tune.search_space.sac_drq.actor_lr=null"])
+    summary = run_search(search)
+    assert summary["errors"] == [] and summary["num_trials"] == 1
+    ckpt = load_checkpoint(summary["best"]["checkpoint"])
+    assert ckpt.state["algo"] == algo and ckpt.state["counters"]["env_steps"] >= 192
