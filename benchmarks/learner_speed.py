@@ -332,6 +332,9 @@ def main() -> None:
         else:
             notes.append("CUDA skipped: torch.cuda.is_available() is False")
             print(notes[-1], flush=True)
+    unknown = set(args.cases.split(",")) - {c.name for c in CASES}
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(sorted(unknown))}; known: {', '.join(c.name for c in CASES)}")
     chosen = [c for c in CASES if c.name in args.cases.split(",")]
     results = []
     for device in devices:
