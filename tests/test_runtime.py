@@ -119,3 +119,22 @@ def test_training_env_seeds_stay_below_eval_seeds(seed):
     seeds = {env_seed(config, w, e, salt) for w in range(4) for e in range(3) for salt in range(3)}
     assert len(seeds) == 36  # distinct per worker, env and restart
     assert all(0 <= s < config.eval.seed for s in seeds)
+
+
+def test_resume_from_an_older_checkpoint_sets_newer_ones_aside(ray_local, tmp_path):
+    from distracer.checkpoint import list_checkpoints
+
+    config = small_config(tmp_path, "dqn", "total_env_steps=160", "checkpoint.every_env_steps=48")
+    train(config, handle_signals=False)
+    root = tmp_path / "dqn" / "checkpoints"
+    first = list_checkpoints(root)[0]
+    resumed = train(small_config(tmp_path, "dqn", "total_env_steps=128"), resume=first, handle_signals=False)
+    assert list_checkpoints(root)[-1] == resumed_path(resumed)  # --resume auto finds this timeline
+    set_aside = list((tmp_path / "dqn" / "checkpoints_set_aside").glob("*/ckpt_*"))
+    assert set_aside  # the abandoned newer checkpoints were kept, not deleted
+
+
+def resumed_path(summary):
+    from pathlib import Path
+
+    return Path(summary["checkpoint"])

@@ -30,7 +30,7 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distracer.algos import ActionSpec
-from distracer.checkpoint import load_checkpoint, save_checkpoint
+from distracer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from distracer.config import TrainConfig, config_from_dict
 from distracer.envs import make_env
 from distracer.errors import ConfigError
@@ -136,6 +136,21 @@ class Driver:
         counters.resumes += 1
         self.counters = counters
 
+    def _set_aside_newer_checkpoints(self) -> None:
+        """Resuming from an older checkpoint forks the run: move the newer ones out of the way (not delete),
+        so pruning and `--resume auto` only ever see this timeline."""
+        if self.checkpoint is None:
+            return
+        root = self.run_dir / "checkpoints"
+        newer = [p for p in list_checkpoints(root) if p.name > self.checkpoint.path.name]
+        if not newer or self.checkpoint.path.parent.resolve() != root.resolve():
+            return
+        aside = self.run_dir / "checkpoints_set_aside" / time.strftime("%Y%m%d-%H%M%S")
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in newer:
+            path.rename(aside / path.name)
+        self.logger.info(f"distracer: resumed from an older checkpoint; {len(newer)} newer one(s) moved to {aside}")
+
     def _setup(self) -> None:
         cfg = self.config
         self.started_ray = init_ray(cfg.resources)
@@ -145,6 +160,7 @@ class Driver:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
         self.logger = RunLogger(self.run_dir, cfg)
+        self._set_aside_newer_checkpoints()
         learner_state = self.checkpoint.learner_state if self.checkpoint else None
         if cfg.algo in OFF_POLICY:
             self._create_shards(capacity)
@@ -418,8 +434,10 @@ class Driver:
     # ------------------------------------------------------------------ checkpoints
     def _save(self) -> Path:
         c = self.counters
-        if self.last_checkpoint is not None and self.last_checkpoint.name.endswith(f"{c.env_steps:012d}"):
-            return self.last_checkpoint  # nothing new since the last one (e.g. the final save)
+        progress = (c.env_steps, c.num_updates, c.last_eval, c.episodes)
+        if self.last_checkpoint is not None and progress == getattr(self, "_saved_progress", None):
+            return self.last_checkpoint  # nothing new since the last one
+        self._saved_progress = progress
         c.wall_seconds = time.time() - self.start_time
         learner_state = ray.get(self.learner.state_dict.remote())
         state = {"algo": self.config.algo, "config": self.config.to_dict(),

@@ -1,0 +1,94 @@
+"""The one checkpoint format: atomic writes, verification on load, pruning, and safe loading."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from distracer.checkpoint import (
+    MANIFEST,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from distracer.errors import ConfigError
+
+STATE = {"algo": "dqn", "config": {"algo": "dqn"}, "counters": {"env_steps": 5}}
+
+
+def learner_state() -> dict:
+    return {"algo": "dqn", "modules": {"net": {"w": torch.arange(6.0)}}, "num_updates": 3}
+
+
+def test_round_trip_and_newest(tmp_path):
+    save_checkpoint(tmp_path, learner_state(), STATE, step=5)
+    path = save_checkpoint(tmp_path, learner_state(), STATE, step=10)
+    loaded = load_checkpoint(tmp_path)  # a directory of checkpoints resolves to its newest
+    assert loaded.path == path
+    assert torch.equal(loaded.learner_state["modules"]["net"]["w"], torch.arange(6.0))
+    assert loaded.state["counters"]["env_steps"] == 5
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path):
+    def broken_replay(_directory):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, learner_state(), STATE, step=1, write_replay=broken_replay)
+    assert os.listdir(tmp_path) == []  # no half checkpoint, no temp dir
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "drop_manifest", "drop_file"])
+def test_damage_is_detected_in_one_line(tmp_path, damage):
+    path = save_checkpoint(tmp_path, learner_state(), STATE, step=1)
+    target = path / "learner.pt"
+    if damage == "flip_byte":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:50])
+    elif damage == "drop_manifest":
+        (path / MANIFEST).unlink()
+    else:
+        target.unlink()
+    with pytest.raises(ConfigError) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_code_in_learner_file_is_never_executed(tmp_path):
+    path = save_checkpoint(tmp_path, learner_state(), STATE, step=1)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"evil": Evil()}, path / "learner.pt")
+    # Re-seal the manifest so only weights_only loading stands between the file and the unpickler.
+    manifest = json.loads((path / MANIFEST).read_text())
+    import hashlib
+
+    manifest["files"]["learner.pt"] = hashlib.sha256((path / "learner.pt").read_bytes()).hexdigest()
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        load_checkpoint(path)
+
+
+def test_pruning_keeps_the_newest(tmp_path):
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, learner_state(), STATE, step=step, keep=2)
+    assert [p.name[-1] for p in list_checkpoints(tmp_path)] == ["3", "4"]
+
+
+def test_missing_path_and_plain_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        verify_checkpoint(tmp_path / "nope")
+    (tmp_path / "model.zip").write_bytes(b"PK")
+    with pytest.raises(ConfigError, match="not a distracer checkpoint directory"):
+        verify_checkpoint(resolve_checkpoint(tmp_path / "model.zip"))
