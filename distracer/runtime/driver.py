@@ -284,7 +284,9 @@ class Driver:
         max_lag = max(1.0, 2 * frag * cfg.resources.envs_per_worker * cfg.resources.num_workers * algo.updates_per_step)
         sent_version = [0] * len(self.workers)
         pending: dict[ray.ObjectRef, tuple[str, int]] = {}
-        idle: set[int] = set(range(len(self.workers)))
+        # Two collect calls queued per worker: it starts the next as soon as one returns, never idling
+        # for a driver round trip.
+        in_flight = [0] * len(self.workers)
         learner_busy = False
         since_publish = 0
 
@@ -294,11 +296,11 @@ class Driver:
             ref = self.workers[i].collect.remote(frag, weights, warmup, self._epsilon(i))
             sent_version[i] = self.counters.weights_version
             pending[ref] = ("worker", i)
+            in_flight[i] += 1
 
         while not self._done():
-            for i in sorted(idle):
-                if self._allowed_updates() - self.counters.num_updates <= max_lag:
-                    idle.discard(i)
+            for i in range(len(self.workers)):
+                while in_flight[i] < 2 and self._allowed_updates() - self.counters.num_updates <= max_lag:
                     launch_worker(i)
             todo = self._allowed_updates() - self.counters.num_updates
             if not learner_busy and todo > 0:
@@ -312,9 +314,9 @@ class Driver:
             for ref in ready:
                 kind, arg = pending.pop(ref)
                 if kind == "worker":
+                    in_flight[arg] -= 1
                     if self._on_worker_done(ref, arg):
                         sent_version[arg] = -1  # a restarted worker needs the weights again
-                    idle.add(arg)
                 else:
                     learner_busy = False
                     metrics = ray.get(ref)

@@ -67,6 +67,7 @@ class RolloutWorker:
         for builder, obs in zip(self.builders, self.obs):
             builder.add_reset(self.newest_frame(obs))
         self.ppo_state: Any = None
+        self.pending_adds: list[ray.ObjectRef] = []
 
     # ----- small queries, used by the driver and tests -----
     def pid(self) -> int:
@@ -134,10 +135,13 @@ class RolloutWorker:
         self.obs[j] = obs
 
     def _push_fragments(self) -> None:
-        # Wait for the shard to hold them: the steps the driver counts (and rate-limits on) are then
-        # steps the learner can sample, and a slow shard pushes back on its workers.
-        adds = [self.shard.add.remote(f) for f in (b.flush(self.weights_version) for b in self.builders) if f]
-        ray.get(adds)
+        # One round of adds in flight: a slow shard pushes back on its workers, and the worker steps its
+        # envs while the shard stores the previous fragments instead of waiting on each round trip.
+        if self.pending_adds:
+            ray.get(self.pending_adds)
+        self.pending_adds = [
+            self.shard.add.remote(f) for f in (b.flush(self.weights_version) for b in self.builders) if f
+        ]
 
     # ----- on-policy (PPO) -----
     def collect_rollout(self, num_steps: int, weights: PolicyWeights) -> tuple[Any, CollectStats]:
