@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +29,9 @@ import numpy as np  # noqa: E402
 
 from distracer.envs import FAST_ID, STOCK_ID  # noqa: E402
 from distracer.envs.wrappers import ActionRepeat  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import cpu_model  # noqa: E402
 
 LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
@@ -110,17 +113,6 @@ def envpool_runner(seed: int) -> Runner | None:
         return frames
 
     return Runner("envpool", advance)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

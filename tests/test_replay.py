@@ -468,27 +468,15 @@ def test_capacity_from_budget_refusals():
         capacity_from_budget("1000TB", 1, (84, 84))  # against this machine's real free memory
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-def test_replay_shard_actor_receives_fragments_and_returns_samples(local_ray, tmp_path):
+def test_replay_shard_actor_receives_fragments_and_returns_samples(ray_local, tmp_path):
     from distracer.replay.shard import ReplayShard
 
-    ray = local_ray
+    ray = ray_local
     shard = ReplayShard.options(num_cpus=0.5).remote(
-        100,
-        (84, 84),
-        (),
-        np.int64,
+        capacity=100,
+        frame_shape=(84, 84),
+        action_shape=(),
+        action_dtype=np.int64,
         n_step=3,
         compress=True,
         seed=0,

@@ -14,41 +14,15 @@ import numpy as np
 import ray
 
 from distracer.replay.fragment import Fragment
-from distracer.replay.storage import DEFAULT_LZ4_LEVEL, DEFAULT_LZ4_RATIO, FrameReplay
+from distracer.replay.storage import FrameReplay
 
 
 class ReplayShardImpl:
-    """One shard: the FrameReplay constructor's arguments, plus a shard index for logs and stats."""
+    """One shard: a FrameReplay built from the same keyword arguments, plus a shard index for logs and stats."""
 
-    def __init__(
-        self,
-        capacity: int,
-        frame_shape: tuple[int, ...],
-        action_shape: tuple[int, ...] = (2,),
-        action_dtype: Any = np.float32,
-        frame_stack: int = 4,
-        n_step: int = 1,
-        gamma: float = 0.99,
-        compress: bool = False,
-        seed: int | None = None,
-        lz4_ratio: float = DEFAULT_LZ4_RATIO,
-        lz4_level: int = DEFAULT_LZ4_LEVEL,
-        shard_index: int = 0,
-    ):
+    def __init__(self, shard_index: int = 0, **replay_args: Any):
         self.shard_index = shard_index
-        self.replay = FrameReplay(
-            capacity,
-            frame_shape,
-            action_shape,
-            action_dtype,
-            frame_stack=frame_stack,
-            n_step=n_step,
-            gamma=gamma,
-            compress=compress,
-            seed=seed,
-            lz4_ratio=lz4_ratio,
-            lz4_level=lz4_level,
-        )
+        self.replay = FrameReplay(**replay_args)
 
     def add(self, fragment: Fragment) -> int:
         """Store a fragment; returns the shard's total inserted entries (for the driver's rate limiter)."""
