@@ -1,7 +1,8 @@
-"""`distracer` command line: train | tune | evaluate | ...
+"""`distracer` command line: train | check | tune | evaluate | export | plot
 
-Every subcommand takes `--config FILE` (repeatable, later files win) and `--set key.path=value`
-overrides; bad input stops with one line on stderr and exit code 2, before anything starts.
+train, check and tune take `--config FILE` (repeatable, later files win) and `--set key.path=value`
+overrides. Bad input (a config, a checkpoint, a path) stops with one line on stderr and exit code 2,
+before anything starts. `distracer COMMAND --help` documents each option.
 """
 
 from __future__ import annotations
