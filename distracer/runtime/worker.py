@@ -7,6 +7,7 @@ returns). On-policy (PPO), it returns a fixed-length rollout as an object ref th
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,15 @@ def env_seed(config: TrainConfig, worker_index: int, env_index: int, salt: int =
     return int(np.random.default_rng([config.seed, worker_index, env_index, salt]).integers(config.eval.seed))
 
 
+def was_restarted() -> bool:
+    """True inside an actor that Ray re-created after it died."""
+    if not ray.is_initialized():
+        return False
+    with warnings.catch_warnings():  # Ray 2.60 warns from inside its own property; nothing to act on
+        warnings.simplefilter("ignore")
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
 class RolloutWorker:
     """Steps `envs_per_worker` environments in turn, acting on a batch of their observations."""
 
@@ -48,7 +58,7 @@ class RolloutWorker:
         self.shard = shard
         n = config.resources.envs_per_worker
         # After a restart the same seeds would replay the same tracks; the salt moves them on.
-        salt = restart_salt + int(ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed)
+        salt = restart_salt + int(was_restarted())
         self.envs = [make_env(config.env, seed=env_seed(config, worker_index, j, salt)) for j in range(n)]
         self.action_spec = ActionSpec.from_space(self.envs[0].action_space)
         self.rng = np.random.default_rng([config.seed, worker_index, salt])
