@@ -287,6 +287,7 @@ class Driver:
         # Two collect calls queued per worker: it starts the next as soon as one returns, never idling
         # for a driver round trip.
         in_flight = [0] * len(self.workers)
+        steps_per_call = frag * cfg.resources.envs_per_worker  # never collect far past total_env_steps
         learner_busy = False
         since_publish = 0
 
@@ -300,7 +301,8 @@ class Driver:
 
         while not self._done():
             for i in range(len(self.workers)):
-                while in_flight[i] < 2 and self._allowed_updates() - self.counters.num_updates <= max_lag:
+                while (in_flight[i] < 2 and self._allowed_updates() - self.counters.num_updates <= max_lag
+                       and self.counters.env_steps + sum(in_flight) * steps_per_call < cfg.total_env_steps):
                     launch_worker(i)
             todo = self._allowed_updates() - self.counters.num_updates
             if not learner_busy and todo > 0:
