@@ -120,6 +120,7 @@ class Driver:
         self.workers: list[Any] = []
         self.eval_ref: ray.ObjectRef | None = None
         self.last_checkpoint: Path | None = None
+        self.eval_started_at = -1
         self.last_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup
@@ -418,14 +419,11 @@ class Driver:
             self.reporter(self._summary(), None)
 
     def _evaluate_now_if_needed(self) -> None:
-        """A run always ends with an evaluation of its final weights."""
-        if self.eval_started_at_final():
+        """A run always ends with an evaluation of its final weights (unless one just ran on them)."""
+        if self.eval_started_at == self.counters.env_steps:
             return
         self._start_eval()
         self._finish_eval(block=True)
-
-    def eval_started_at_final(self) -> bool:
-        return getattr(self, "eval_started_at", -1) == self.counters.env_steps
 
     def _replay_fill(self) -> float | None:
         if not self.shards or not hasattr(self, "_fill_time") or time.time() - self._fill_time > 5:
