@@ -247,7 +247,7 @@ def apply_dict(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in names:
             raise ConfigError(f"{full}: unknown key; allowed: {', '.join(names)}")
         current = getattr(config, key)
-        if dataclasses.is_dataclass(current) and not (key == "tune"):
+        if dataclasses.is_dataclass(current):
             apply_dict(current, value, f"{full}.")
         elif isinstance(current, dict) and isinstance(value, dict):
             current.update(value)
@@ -279,7 +279,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "tune":
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
@@ -295,13 +295,18 @@ def parse_override(item: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    node: dict[str, Any] = {}
-    out = node
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
+    return nest_dotted({key.strip(): value})
+
+
+def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'sac_drq.actor_lr': 1e-4} -> {'sac_drq': {'actor_lr': 1e-4}}."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
     return out
 
 

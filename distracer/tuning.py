@@ -45,6 +45,7 @@ from distracer.config import (
     apply_dict,
     config_from_dict,
     deep_merge,
+    nest_dotted,
     parse_override,
     read_yaml,
 )
@@ -277,26 +278,6 @@ class Search:
         return f"{self.storage_path.rstrip('/')}/{self.settings.name}"
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """{'sac_drq.actor_lr': 1e-4} -> {'sac_drq': {'actor_lr': 1e-4}}."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
-
-
-def _deep_merge_all(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _deep_merge_all(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else value
-    return out
-
-
 def trial_values(settings: TuneSettings, sampled: dict[str, Any]) -> dict[str, Any]:
     """A trial's sampled values (Tune's config: flat dotted keys), with each dim's `also` keys filled in."""
     out = dict(sampled)
@@ -308,10 +289,10 @@ def trial_values(settings: TuneSettings, sampled: dict[str, Any]) -> dict[str, A
 
 def trial_config(search: Search, sampled: dict[str, Any], run_dir: str | None = None) -> TrainConfig:
     """The validated TrainConfig of one trial: base config + sampled values (+ the trial's own run_dir)."""
-    data = _deep_merge_all(copy.deepcopy(search.base), _nest(trial_values(search.settings, sampled)))
+    data = deep_merge(copy.deepcopy(search.base), nest_dotted(trial_values(search.settings, sampled)))
     if run_dir is not None:
         # The trial's driver keeps one checkpoint of its own: Tune keeps the ones that matter.
-        data = _deep_merge_all(data, {"run_dir": run_dir, "checkpoint": {"keep": 1}})
+        data = deep_merge(data, {"run_dir": run_dir, "checkpoint": {"keep": 1}})
     return config_from_dict(data)
 
 
@@ -333,7 +314,7 @@ def load_search(paths: list[str] | str | None, overrides: list[str] | None = Non
         if "tune" in parsed:
             if not isinstance(parsed["tune"], dict):
                 raise ConfigError(f"override {item!r}: set a key of tune, e.g. tune.num_samples=4")
-            tune_raw = _deep_merge_all(tune_raw, parsed["tune"])
+            tune_raw = deep_merge(tune_raw, parsed["tune"])
         else:
             raw = deep_merge(raw, parsed)
     config = config_from_dict(copy.deepcopy(raw))
@@ -599,7 +580,7 @@ def resolve_gpus(search: Search) -> None:
     from distracer.runtime.ray_setup import learner_gpus
 
     gpus = learner_gpus(search.config.resources)
-    search.base = _deep_merge_all(search.base, {"resources": {"learner_gpus": gpus}})
+    search.base = deep_merge(search.base, {"resources": {"learner_gpus": gpus}})
     search.config = config_from_dict(copy.deepcopy(search.base))
 
 
