@@ -53,9 +53,10 @@ class Checkpoint:
         return replay if replay.is_dir() else None
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks: the checksum every saved file of distracer carries."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -91,7 +92,7 @@ def save_checkpoint(
         if write_replay is not None:
             (tmp / "replay").mkdir()
             write_replay(tmp / "replay")
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "files": files}, indent=1))
         _fsync_tree(tmp)
         if final.exists():  # the same step written twice (e.g. final checkpoint right after a periodic one)
@@ -142,7 +143,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         file = path / rel
         if not file.is_file():
             raise ConfigError(f"checkpoint {str(path)!r} is missing {rel}")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise ConfigError(f"checkpoint {str(path)!r}: {rel} is corrupt (checksum mismatch)")
     return manifest
 

@@ -27,7 +27,6 @@ measured), so the default is HC level 1 (1.9 KB); `lz4_level=0` picks fast mode.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,7 @@ import lz4.block
 import numpy as np
 import pyarrow as pa
 
+from distracer.checkpoint import sha256_file
 from distracer.errors import ConfigError
 from distracer.replay.fragment import ACTION_DTYPES, Fragment
 
@@ -670,13 +670,7 @@ def lz4_bound(n: int) -> int:
 
 
 def _file_digest(path: str) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+    return sha256_file(path), os.path.getsize(path)
 
 
 def _write_atomic(path: str, data: bytes) -> None:
