@@ -4,8 +4,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-ALGO    ?= sac_drq
-PRESET  ?= laptop
+ALGO    ?= auto
+PRESET  ?= auto
 # A stopped run continues from its newest checkpoint when `make train` runs again.
 RESUME  ?= auto
 ARGS    ?=
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/distracer train --config tune_configs/$(ALGO).yaml --config tune_configs/$(PRESET).yaml --resume $(RESUME) $(ARGS)
+	$(BIN)/distracer train --algo $(ALGO) --preset $(PRESET) --resume $(RESUME) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check distracer tests benchmarks

@@ -26,7 +26,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from distracer.config import load_config
     from distracer.runtime.driver import train
 
-    config = load_config(args.config, args.overrides)
+    config_files = list(args.config)
+    if args.algo is not None or args.preset is not None:
+        from distracer.recipes import choose_recipe
+
+        recipe = choose_recipe(args.algo or "auto", args.preset or "auto")
+        config_files = recipe.config_files() + config_files
+        print(f"distracer: {recipe.reason}; learner on {recipe.device}", flush=True)
+        if recipe.warning:
+            print(f"distracer: warning: {recipe.warning}", flush=True)
+    config = load_config(config_files, args.overrides)
     resume = args.resume
     if resume == "auto":
         from distracer.checkpoint import list_checkpoints
@@ -60,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", metavar="CKPT|auto", default=None,
                    help="resume from a checkpoint directory, a run directory, or 'auto' (newest in run_dir)")
+    p.add_argument("--algo", default=None, metavar="auto|sac_drq|ppo|dqn",
+                   help="layer tune_configs/ALGO.yaml first; 'auto': sac_drq with a CUDA GPU, else ppo")
+    p.add_argument("--preset", default=None, metavar="auto|laptop|cpu|workstation|cluster",
+                   help="layer tune_configs/PRESET.yaml second; 'auto': laptop with a CUDA GPU, else cpu")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="validate a config and print nothing else (or --show the result)")

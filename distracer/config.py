@@ -8,6 +8,7 @@ anything starts, with one line naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -105,16 +106,24 @@ class EvalConfig:
 class CheckpointConfig:
     every_env_steps: int = 50_000
     """Write a checkpoint every this many env steps (and always at the end and on Ctrl-C)."""
+    every_minutes: float = 0.0
+    """Also write one every this many minutes of training wall-clock (0 = off); benchmarks/learning.py uses it
+    to snapshot runs at fixed wall-clock intervals."""
     keep: int = 3
     """Checkpoints kept on disk (oldest removed first)."""
     save_replay: bool = False
     """Also save the replay shards with each checkpoint, so a resumed run keeps its data."""
+    keep_best: bool = True
+    """Keep the learner state of the best periodic evaluation as `run_dir/best/ckpt_*` (replacing the previous
+    best), so a run whose score peaks and then falls back still keeps, and reports, its best policy."""
 
     def validate(self) -> None:
         if self.every_env_steps < 1:
             raise ConfigError(f"checkpoint.every_env_steps={self.every_env_steps} must be >= 1")
         if self.keep < 1:
             raise ConfigError(f"checkpoint.keep={self.keep} must be >= 1")
+        if not (math.isfinite(self.every_minutes) and self.every_minutes >= 0):
+            raise ConfigError(f"checkpoint.every_minutes={self.every_minutes} must be a finite number >= 0")
 
 
 def _algo_default(name: str):

@@ -240,7 +240,7 @@ def _action_space(spec: Any) -> spaces.Space:
 def _build_sb3_ppo(env: gym.Env, config: Any, learner: Any) -> Any:
     from stable_baselines3 import PPO
 
-    from distracer.algos.ppo import to_sb3_state_dict
+    from distracer.algos.ppo import ACTIVATIONS, to_sb3_state_dict
 
     c = config.ppo
     # The training hyperparameters that mean the same in SB3, so `PPO.load(...).learn()` continues alike.
@@ -248,9 +248,11 @@ def _build_sb3_ppo(env: gym.Env, config: Any, learner: Any) -> Any:
                 n_epochs=c.n_epochs, gamma=c.gamma, gae_lambda=c.gae_lambda, clip_range=c.clip_range,
                 clip_range_vf=c.clip_range_vf, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
                 max_grad_norm=c.max_grad_norm, target_kl=c.target_kl, normalize_advantage=c.normalize_advantage,
-                seed=config.seed, device="cpu",
+                use_sde=learner.policy.use_sde, sde_sample_freq=c.sde_sample_freq, seed=config.seed, device="cpu",
                 policy_kwargs={"features_extractor_kwargs": {"features_dim": c.features_dim},
-                               "log_std_init": c.log_std_init, "ortho_init": c.ortho_init})
+                               "log_std_init": c.log_std_init, "ortho_init": c.ortho_init,
+                               "net_arch": {"pi": list(c.net_arch_pi), "vf": list(c.net_arch_vf)},
+                               "activation_fn": ACTIVATIONS[c.activation]})
     _load_strict(model.policy, to_sb3_state_dict(learner.policy))
     return model
 

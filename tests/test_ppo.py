@@ -31,7 +31,7 @@ SPECS = {"continuous": ActionSpec("continuous", 2), "discrete": ActionSpec("disc
 
 
 def small_config(**overrides) -> PPOConfig:
-    base = dict(num_envs=4, num_steps=32, n_epochs=4, minibatch_size=32, lr=3e-4)
+    base = dict(num_envs=4, num_steps=32, n_epochs=4, minibatch_size=32, lr=3e-4, lr_schedule="constant")
     base.update(overrides)
     return PPOConfig(**base)
 
@@ -250,14 +250,28 @@ def test_linear_lr_schedule_decays_to_zero():
     assert lrs == pytest.approx([3e-4, 1.5e-4, 0.0])
 
 
-@pytest.mark.parametrize("kind", ["continuous", "discrete"])
-def test_state_dict_loads_into_sb3_cnn_policy(kind):
+LAYOUTS = {
+    # SB3 CnnPolicy's defaults: the action and value layers on the CNN features, state-independent std.
+    "plain": (dict(net_arch_pi=(), net_arch_vf=(), activation="tanh", use_sde=False), {}),
+    # distracer's default, RL Zoo's CarRacing policy: separate [256] GELU heads, gSDE.
+    "zoo": (dict(), dict(use_sde=True, policy_kwargs=dict(net_arch=dict(pi=[256], vf=[256]),
+                                                         activation_fn=torch.nn.GELU))),
+}
+
+
+@pytest.mark.parametrize("kind,layout", [("continuous", "plain"), ("discrete", "plain"), ("continuous", "zoo"),
+                                         ("discrete", "zoo")])
+def test_state_dict_loads_into_sb3_cnn_policy(kind, layout):
     sb3 = pytest.importorskip("stable_baselines3")
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    ours_cfg, theirs_kwargs = LAYOUTS[layout]
+    theirs_kwargs = dict(theirs_kwargs)
+    if kind == "discrete":
+        theirs_kwargs.pop("use_sde", None)  # SB3 has no gSDE for discrete actions; neither do we
     env = DummyVecEnv([lambda: SidePixelTask(kind, frame_size=84)])
-    model = sb3.PPO("CnnPolicy", env, n_steps=16, batch_size=16, device="cpu", seed=0)
-    learner = PPOLearner(small_config(), (4, 84, 84), SPECS[kind], CPU, seed=1)
+    model = sb3.PPO("CnnPolicy", env, n_steps=16, batch_size=16, device="cpu", seed=0, **theirs_kwargs)
+    learner = PPOLearner(small_config(**ours_cfg), (4, 84, 84), SPECS[kind], CPU, seed=1)
     model.policy.load_state_dict(to_sb3_state_dict(learner.policy), strict=True)
     back = from_sb3_state_dict(model.policy.state_dict())
     assert set(back) == set(learner.policy.state_dict())
@@ -271,11 +285,70 @@ def test_state_dict_loads_into_sb3_cnn_policy(kind):
         np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-6)
     else:
         np.testing.assert_array_equal(ours.numpy(), theirs)
+    # Log-probs of exploring samples, gSDE's state-dependent variance included, equal SB3's.
+    _, extras = learner.policy.act(torch.as_tensor(obs), explore=True)
     with torch.no_grad():
         sb3_values = model.policy.predict_values(torch.as_tensor(obs)).squeeze(-1)
-        _, sb3_logp, _ = model.policy.evaluate_actions(torch.as_tensor(obs), extras["raw_action"])
+        _, sb3_logp, sb3_entropy = model.policy.evaluate_actions(torch.as_tensor(obs), extras["raw_action"])
+        head, _ = learner.policy(torch.as_tensor(obs))
+        _, our_entropy = learner.policy.log_prob_entropy(head, extras["raw_action"])
     np.testing.assert_allclose(extras["value"].numpy(), sb3_values.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(extras["logprob"].numpy(), sb3_logp.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(our_entropy.numpy(), sb3_entropy.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_gsde_noise_is_latent_times_a_matrix_held_for_sde_sample_freq_steps():
+    learner = PPOLearner(small_config(log_std_init=-1.0), (4, 36, 36), SPECS["continuous"], CPU, seed=3)
+    policy = learner.policy
+    assert policy.use_sde and tuple(policy.log_std.shape) == (256, 2)
+    obs = torch.as_tensor(np.random.default_rng(1).integers(0, 256, (3, 4, 36, 36), dtype=np.uint8))
+    gen = torch.Generator().manual_seed(0)
+    policy.reset_noise(3, gen)
+    mats = policy.exploration_matrices.clone()
+    assert tuple(mats.shape) == (3, 256, 2)
+    # The matrices are N(0, exp(log_std)^2): their std is exp(-1) to sampling error.
+    assert abs(float(mats.std()) - np.exp(-1.0)) < 0.02
+    head, _ = policy(obs)
+    a1, e1 = policy.sample(obs, True, gen)
+    a2, e2 = policy.sample(obs, True, gen)
+    expected = head.out + torch.bmm(head.latent.unsqueeze(1), mats).squeeze(1)
+    torch.testing.assert_close(e1["raw_action"], expected.detach())
+    torch.testing.assert_close(e1["raw_action"], e2["raw_action"])  # same matrices, same obs: same noise
+    assert (a1.abs() <= 1).all()
+    # collect_rollout redraws them every sde_sample_freq steps: within a window they stay.
+    envs = make_envs("continuous", 2)
+    policy.set_seed(5)
+    draws = []
+    original = policy.reset_noise
+
+    def counting(batch, generator=None):
+        draws.append(batch)
+        original(batch, generator)
+
+    policy.reset_noise = counting
+    collect_rollout(envs, policy, 9, RolloutState(seed=0), sde_sample_freq=4)
+    assert draws == [2, 2, 2]  # t = 0, 4, 8
+    draws.clear()
+    collect_rollout(envs, policy, 9, RolloutState(seed=0), sde_sample_freq=-1)
+    assert draws == [2]
+
+
+def test_default_policy_starts_with_a_small_bounded_exploration():
+    # std 1 on [-1, 1] controls clips a third of samples and brakes hard one step in six (issue 9); the
+    # default starts near exp(-2) per latent unit, so nearly all exploring actions stay inside the bounds.
+    learner = PPOLearner(PPOConfig(num_envs=4, total_updates=10), (2, 64, 64), SPECS["continuous"], CPU, seed=0)
+    obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (256, 2, 64, 64), dtype=np.uint8))
+    _, extras = learner.policy.act(obs, explore=True)
+    raw = extras["raw_action"]
+    assert float((raw.abs() > 1).float().mean()) < 0.05
+    assert float((raw[:, 1] < -0.9).float().mean()) < 0.01
+
+
+def test_bad_head_settings_are_refused_in_one_line():
+    for overrides, message in ((dict(net_arch_pi=(0,)), "net_arch_pi"), (dict(activation="swish"), "activation"),
+                               (dict(sde_sample_freq=0), "sde_sample_freq")):
+        with pytest.raises(ConfigError, match=message):
+            PPOConfig(total_updates=10, **overrides).validate()
 
 
 def test_worker_style_collection_is_reproducible_per_seed():

@@ -13,8 +13,10 @@ weights, the learner updates on all of them, then publishes new weights.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -122,6 +124,9 @@ class Driver:
         self.last_checkpoint: Path | None = None
         self.eval_started_at = -1
         self.last_metrics: dict[str, float] = {}
+        self.next_timed_checkpoint: float | None = None  # seconds since start (checkpoint.every_minutes)
+        self.eval_state: tuple[ray.ObjectRef, dict[str, Any]] | None = None  # learner state + counters at eval
+        self.best_checkpoint: Path | None = None
 
     # ------------------------------------------------------------------ setup
     def _check_resume_compatible(self) -> None:
@@ -160,8 +165,11 @@ class Driver:
         capacity = self._replay_capacity() if cfg.algo in OFF_POLICY else 0
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
-        self.logger = RunLogger(self.run_dir, cfg)
+        self.logger = RunLogger(self.run_dir, cfg, start_steps=self.counters.env_steps,
+                                start_updates=self.counters.num_updates)
         self._set_aside_newer_checkpoints()
+        if self.checkpoint is not None:  # a resumed run still owns its best so far
+            self.best_checkpoint = ([None] + list_checkpoints(self.run_dir / "best"))[-1]
         learner_state = self.checkpoint.learner_state if self.checkpoint else None
         if cfg.algo in OFF_POLICY:
             self._create_shards(capacity)
@@ -371,17 +379,34 @@ class Driver:
 
     # ----- on-policy
     def _run_on_policy(self) -> None:
-        steps = self.config.algo_config.num_steps
+        """Collect a rollout on every worker, update on all of them, publish, repeat.
+
+        `ppo.policy_lag=0` is exact synchronous PPO: workers wait for the update. With 1, workers collect the
+        next rollout with the weights before the update while the learner trains, so both run at once (on
+        separate cores) and each rollout is one weights version stale; PPO's ratio is taken against the
+        behaviour policy's stored log-probs, as in APPO / IMPALA-style PPO."""
+        steps, lag = self.config.algo_config.num_steps, self.config.algo_config.policy_lag
+
+        def launch() -> list[Any]:
+            return [w.collect_rollout.options(num_returns=2).remote(steps, self.weights_ref) for w in self.workers]
+
+        calls = launch()
         while not self._done():
-            calls = [w.collect_rollout.options(num_returns=2).remote(steps, self.weights_ref) for w in self.workers]
             metrics_ref = self.learner.train_on_rollouts.remote(*[c[0] for c in calls])
-            for stats in ray.get([c[1] for c in calls]):
+            stats_refs = [c[1] for c in calls]
+            if lag:
+                calls = launch()  # with the weights the learner is updating right now
+            for stats in ray.get(stats_refs):
                 self._count(stats)
             metrics = ray.get(metrics_ref)
             self.counters.num_updates = int(metrics.pop("num_updates"))
             self.last_metrics = metrics
             self.weights_ref = self._publish()
+            if not lag:
+                calls = launch()
             self._periodic()
+        for stats in ray.get([c[1] for c in calls]):  # collected, not trained on: counted all the same
+            self._count(stats)
 
     # ------------------------------------------------------------------ periodic work
     def _periodic(self) -> None:
@@ -390,10 +415,24 @@ class Driver:
         if self.config.eval.every_env_steps and c.env_steps >= c.next_eval and self.eval_ref is None:
             self._start_eval()
             c.next_eval += self.config.eval.every_env_steps
-        if c.env_steps >= c.next_checkpoint:
+        if c.env_steps >= c.next_checkpoint or self._checkpoint_due_by_time():
             self._save()
-            c.next_checkpoint += self.config.checkpoint.every_env_steps
+            while c.next_checkpoint <= c.env_steps:
+                c.next_checkpoint += self.config.checkpoint.every_env_steps
         self.logger.progress(c, self.last_metrics, self._replay_fill())
+
+    def _checkpoint_due_by_time(self) -> bool:
+        minutes = self.config.checkpoint.every_minutes
+        if not minutes:
+            return False
+        elapsed = time.time() - self.start_time
+        if self.next_timed_checkpoint is None:  # on the wall-clock grid, which a resumed run continues
+            self.next_timed_checkpoint = (math.floor(elapsed / (60 * minutes)) + 1) * 60 * minutes
+        if elapsed < self.next_timed_checkpoint:
+            return False
+        while self.next_timed_checkpoint <= elapsed:
+            self.next_timed_checkpoint += 60 * minutes
+        return True
 
     def _eval_seeds(self) -> list[int]:
         start = self.config.eval.seed + 1000 * self.counters.weights_version
@@ -401,6 +440,11 @@ class Driver:
 
     def _start_eval(self) -> None:
         self.eval_started_at = self.counters.env_steps
+        if self.config.checkpoint.keep_best:
+            # The learner's state at exactly the evaluated weights: publish (after any update in flight), then
+            # ask for the state; the actor runs calls in order and no update is sent in between.
+            self.weights_ref = self._publish()
+            self.eval_state = (self.learner.state_dict.remote(), copy.deepcopy(self.counters.__dict__))
         self.eval_ref = _evaluate_remote.remote(self.weights_ref, self.config.env, self._eval_seeds())
 
     def _finish_eval(self, block: bool) -> None:
@@ -413,6 +457,9 @@ class Driver:
         self.eval_ref = None
         c = self.counters
         c.last_eval, c.last_eval_std = result.mean, result.std
+        if result.mean > c.best_eval and self.eval_state is not None:
+            self._save_best(result)
+        self.eval_state = None
         c.best_eval = max(c.best_eval, result.mean)
         self.logger.evaluation(result, self.eval_started_at)
         if self.reporter is not None:
@@ -452,6 +499,22 @@ class Driver:
             self.reporter(self._summary(), self.last_checkpoint)
         return self.last_checkpoint
 
+    def _save_best(self, result: EvalResult) -> None:
+        """Keep the evaluated weights of the best evaluation so far as `run_dir/best/ckpt_*` (one checkpoint,
+        the same format): what a run that peaked and then slid back still has to show for itself."""
+        state_ref, counters = self.eval_state
+        counters = {**counters, "last_eval": result.mean, "last_eval_std": result.std,
+                    "best_eval": max(self.counters.best_eval, result.mean)}
+        state = {"algo": self.config.algo, "config": self.config.to_dict(), "counters": counters,
+                 "evaluation": {"mean": result.mean, "std": result.std, "returns": result.returns,
+                                "seeds": result.seeds}}
+        best = save_checkpoint(self.run_dir / "best", ray.get(state_ref), state, counters["env_steps"])
+        for other in list_checkpoints(self.run_dir / "best"):  # sealed before the older one goes
+            if other != best:
+                shutil.rmtree(other, ignore_errors=True)
+        self.best_checkpoint = best
+        self.logger.info(f"distracer: new best evaluation {result.mean:.1f}; kept as {self.best_checkpoint}")
+
     def _write_replay(self, directory: Path) -> None:
         ray.get([s.save.remote(str(directory / f"shard_{i}")) for i, s in enumerate(self.shards)])
 
@@ -471,6 +534,8 @@ class Driver:
         out.update({f"learner/{k}": v for k, v in self.last_metrics.items()})
         if self.last_checkpoint is not None:
             out["checkpoint"] = str(self.last_checkpoint)
+        if self.best_checkpoint is not None:
+            out["best_checkpoint"] = str(self.best_checkpoint)
         return out
 
     def _placement(self) -> dict[str, Any]:

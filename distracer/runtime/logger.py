@@ -6,10 +6,13 @@ import json
 import math
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from distracer.config import TrainConfig
+
+RATE_WINDOW_S = 60.0
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -22,7 +25,8 @@ def _fmt_duration(seconds: float) -> str:
 class RunLogger:
     """Writes `tb/` (TensorBoard), `metrics.jsonl` (evaluations, for `distracer plot`) and the console line."""
 
-    def __init__(self, run_dir: Path, config: TrainConfig, progress_every_s: float = 5.0):
+    def __init__(self, run_dir: Path, config: TrainConfig, progress_every_s: float = 5.0, start_steps: int = 0,
+                 start_updates: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
         self.config = config
@@ -31,9 +35,9 @@ class RunLogger:
         self.progress_every_s = progress_every_s
         self.start = time.time()
         self.last_progress = 0.0
-        self.last_steps = 0
-        self.last_updates = 0
-        self.last_time = self.start
+        # (time, env steps, updates) samples over the last RATE_WINDOW_S: rates are averaged over it, so a
+        # PPO rollout or a slow learner that moves the counters in bursts never reads as "0 steps/s".
+        self.samples: deque[tuple[float, int, int]] = deque([(self.start, start_steps, start_updates)])
 
     def info(self, message: str) -> None:
         print(message, flush=True)
@@ -58,9 +62,7 @@ class RunLogger:
         now = time.time()
         if now - self.last_progress < self.progress_every_s:
             return
-        dt = max(1e-9, now - self.last_time)
-        steps_s = (counters.env_steps - self.last_steps) / dt
-        updates_s = (counters.num_updates - self.last_updates) / dt
+        steps_s, updates_s = self._rates(now, counters.env_steps, counters.num_updates)
         step = counters.env_steps
         self.writer.add_scalar("system/env_steps_per_s", steps_s, step)
         self.writer.add_scalar("system/updates_per_s", updates_s, step)
@@ -74,8 +76,16 @@ class RunLogger:
         line = (f"[{self.config.algo}] {step:,}/{self.config.total_env_steps:,} steps | {steps_s:.0f} steps/s | "
                 f"{updates_s:.1f} upd/s{fill} | eval {last_eval} | ETA {_fmt_duration(remaining)}")
         print(line, file=sys.stdout, flush=True)
-        self.last_progress, self.last_time = now, now
-        self.last_steps, self.last_updates = counters.env_steps, counters.num_updates
+        self.last_progress = now
+
+    def _rates(self, now: float, steps: int, updates: int) -> tuple[float, float]:
+        """Env steps/s and updates/s over the last RATE_WINDOW_S (since the start until it is full)."""
+        self.samples.append((now, steps, updates))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW_S:
+            self.samples.popleft()
+        t0, steps0, updates0 = self.samples[0]
+        dt = max(1e-9, now - t0)
+        return (steps - steps0) / dt, (updates - updates0) / dt
 
     def close(self) -> None:
         self.writer.close()

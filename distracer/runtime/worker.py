@@ -160,7 +160,8 @@ class RolloutWorker:
 
         self.set_weights(weights)
         rollout, self.ppo_state = collect_rollout(self.envs, self.policy, num_steps, self.ppo_state,
-                                                  policy_version=self.weights_version)
+                                                  policy_version=self.weights_version,
+                                                  sde_sample_freq=self.config.ppo.sde_sample_freq)
         stats = CollectStats(self.index, num_steps * len(self.envs), weights_version=self.weights_version)
         for ret, length in rollout_episodes(rollout):
             stats.episode_returns.append(ret)

@@ -1,0 +1,63 @@
+"""`--algo/--preset auto`: the recipe `make train` runs on the machine it finds, and the progress rates."""
+
+from __future__ import annotations
+
+import pytest
+
+from distracer.config import load_config
+from distracer.errors import ConfigError
+from distracer.recipes import PRESETS, choose_recipe, config_dir
+from distracer.runtime.logger import RATE_WINDOW_S, RunLogger
+
+
+def test_auto_picks_ppo_on_cpu_and_sac_drq_on_a_gpu():
+    cpu = choose_recipe(cuda=False)
+    assert (cpu.algo, cpu.preset, cpu.device) == ("ppo", "cpu", "cpu")
+    assert "no CUDA GPU" in cpu.reason and cpu.warning is None
+    gpu = choose_recipe(cuda=True)
+    assert (gpu.algo, gpu.preset, gpu.device) == ("sac_drq", "laptop", "cuda")
+    assert gpu.warning is None
+
+
+@pytest.mark.parametrize("algo", ["sac_drq", "dqn"])
+def test_a_slow_cpu_choice_is_kept_with_a_one_line_warning(algo):
+    recipe = choose_recipe(algo, "auto", cuda=False)
+    assert (recipe.algo, recipe.preset) == (algo, "cpu")
+    assert recipe.warning and "\n" not in recipe.warning and "ppo" in recipe.warning
+    assert choose_recipe(algo, "auto", cuda=True).warning is None
+
+
+def test_explicit_preset_is_kept_and_unknown_names_are_refused():
+    assert choose_recipe("ppo", "workstation", cuda=False).preset == "workstation"
+    with pytest.raises(ConfigError, match="--algo 'a2c' is unknown"):
+        choose_recipe("a2c", "auto", cuda=False)
+    with pytest.raises(ConfigError, match="--preset 'huge' is unknown"):
+        choose_recipe("auto", "huge", cuda=False)
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+@pytest.mark.parametrize("algo", ["auto", "ppo", "sac_drq", "dqn"])
+def test_every_recipe_resolves_to_a_valid_config(algo, cuda):
+    recipe = choose_recipe(algo, "auto", cuda=cuda)
+    files = recipe.config_files()
+    assert all(str(config_dir()) in f for f in files)
+    config = load_config(files)
+    assert config.algo == recipe.algo
+    for preset in PRESETS:
+        load_config([files[0], str(config_dir() / f"{preset}.yaml")])
+
+
+def test_progress_rates_average_over_a_window(tmp_path):
+    # PPO moves its counters a whole rollout at a time; a 5-second rate would read 0 between rollouts.
+    logger = RunLogger(tmp_path, load_config([]), start_steps=1000, start_updates=10)
+    t0 = logger.start
+    assert logger._rates(t0 + 10, 1000, 10) == (0.0, 0.0)
+    steps_s, updates_s = logger._rates(t0 + 20, 5096, 11)
+    assert steps_s == pytest.approx(4096 / 20) and updates_s == pytest.approx(1 / 20)
+    assert logger._rates(t0 + 25, 5096, 11)[0] == pytest.approx(4096 / 25)  # no rollout in 5 s: still > 0
+    # Old samples leave the window: the rate is over about the last RATE_WINDOW_S seconds.
+    late = t0 + 25 + 2 * RATE_WINDOW_S
+    logger._rates(late - RATE_WINDOW_S / 2, 9192, 12)
+    steps_s, _ = logger._rates(late, 13288, 13)
+    assert steps_s == pytest.approx(2 * 4096 / (late - (t0 + 25)), rel=1e-6)
+    logger.close()
