@@ -127,6 +127,7 @@ class Driver:
         self.next_timed_checkpoint: float | None = None  # seconds since start (checkpoint.every_minutes)
         self.eval_state: tuple[ray.ObjectRef, dict[str, Any]] | None = None  # learner state + counters at eval
         self.best_checkpoint: Path | None = None
+        self.training_ended_at: float | None = None
 
     # ------------------------------------------------------------------ setup
     def _check_resume_compatible(self) -> None:
@@ -247,12 +248,18 @@ class Driver:
             # After ray.init, which installs handlers of its own; a Ctrl-C during setup just tears down.
             previous = self._install_signal_handlers()
             self.start_time = time.time() - self.counters.wall_seconds
+            minutes = self.config.checkpoint.every_minutes
+            if minutes:  # on the wall-clock grid, which a resumed run continues
+                period = 60 * minutes
+                self.next_timed_checkpoint = (math.floor(self.counters.wall_seconds / period) + 1) * period
             self.logger.info(f"distracer: training {self.config.algo} for {self.config.total_env_steps:,} env steps "
                              f"with {self.config.resources.num_workers} worker(s) -> {self.run_dir}")
             if self.config.algo in OFF_POLICY:
                 self._run_off_policy()
             else:
                 self._run_on_policy()
+            # Training time ends here; the closing evaluation is not part of it (benchmarks plot against it).
+            self.training_ended_at = time.time()
             self._finish_eval(block=True)
             self._evaluate_now_if_needed()
             self._save()
@@ -423,11 +430,9 @@ class Driver:
 
     def _checkpoint_due_by_time(self) -> bool:
         minutes = self.config.checkpoint.every_minutes
-        if not minutes:
+        if self.next_timed_checkpoint is None:
             return False
         elapsed = time.time() - self.start_time
-        if self.next_timed_checkpoint is None:  # on the wall-clock grid, which a resumed run continues
-            self.next_timed_checkpoint = (math.floor(elapsed / (60 * minutes)) + 1) * 60 * minutes
         if elapsed < self.next_timed_checkpoint:
             return False
         while self.next_timed_checkpoint <= elapsed:
@@ -487,7 +492,7 @@ class Driver:
         if self.last_checkpoint is not None and progress == getattr(self, "_saved_progress", None):
             return self.last_checkpoint  # nothing new since the last one
         self._saved_progress = progress
-        c.wall_seconds = time.time() - self.start_time
+        c.wall_seconds = (self.training_ended_at or time.time()) - self.start_time
         learner_state = ray.get(self.learner.state_dict.remote())
         state = {"algo": self.config.algo, "config": self.config.to_dict(),
                  "counters": {k: v for k, v in c.__dict__.items()}}

@@ -73,8 +73,9 @@ class RunLogger:
         remaining = (self.config.total_env_steps - step) / steps_s if steps_s > 0 else float("inf")
         fill = f" | replay {100 * replay_fill:.0f}%" if replay_fill is not None else ""
         last_eval = f"{counters.last_eval:.1f}" if math.isfinite(counters.last_eval) else "-"
+        digits = 1 if updates_s >= 1 else 3  # PPO makes one update per rollout: 0.0 would hide it
         line = (f"[{self.config.algo}] {step:,}/{self.config.total_env_steps:,} steps | {steps_s:.0f} steps/s | "
-                f"{updates_s:.1f} upd/s{fill} | eval {last_eval} | ETA {_fmt_duration(remaining)}")
+                f"{updates_s:.{digits}f} upd/s{fill} | eval {last_eval} | ETA {_fmt_duration(remaining)}")
         print(line, file=sys.stdout, flush=True)
         self.last_progress = now
 
