@@ -32,8 +32,8 @@ How it runs.
 
 Outputs in --out: curves.csv, curves.png, summary.json, evals.json (every episode's return and length, by
 snapshot), plan.json; per run <recipe>/seed<S>/ with train.log (the subprocess's whole output) and run.json
-(exit status). A distracer run's last checkpoint is written after the driver's closing evaluation, and its
-wall_seconds counts that evaluation too.
+(exit status). A distracer run's last checkpoint is written after the driver's closing evaluation (one
+episode here), but its wall_seconds is training time only: the driver stops that clock when training ends.
 
     python benchmarks/learning.py --recipe ppo --recipe sb3_ppo_zoo --seeds 1 2 --minutes 30 --interval 5
     python benchmarks/learning.py --eval-only runs/learning/20250101-120000 --episodes 20

@@ -138,3 +138,33 @@ def resumed_path(summary):
     from pathlib import Path
 
     return Path(summary["checkpoint"])
+
+
+def test_ppo_policy_lag_overlaps_collection_and_counts_every_step(ray_local, tmp_path):
+    # Workers collect the next rollout during the update; the last one collected is counted, not trained on.
+    config = small_config(tmp_path, "ppo", "ppo.policy_lag=1", "total_env_steps=200")
+    summary = train(config, handle_signals=False)
+    rollout = config.ppo.num_steps * config.resources.num_workers * config.resources.envs_per_worker
+    assert summary["num_updates"] >= 3
+    assert summary["env_steps"] == (summary["num_updates"] + 1) * rollout
+    assert summary["learner/approx_kl"] == summary["learner/approx_kl"]  # the stale rollout still trains
+
+
+def test_best_evaluation_and_timed_checkpoints_are_kept(ray_local, tmp_path):
+    from distracer.checkpoint import list_checkpoints, load_checkpoint
+
+    config = small_config(tmp_path, "ppo", "total_env_steps=384", "eval.every_env_steps=128",
+                          "checkpoint.every_env_steps=100000", "checkpoint.every_minutes=0.001",
+                          "checkpoint.keep=100")
+    summary = train(config, handle_signals=False)
+    best = list_checkpoints(tmp_path / "ppo" / "best")
+    assert len(best) == 1 and summary["best_checkpoint"] == str(best[0])
+    kept = load_checkpoint(best[0])  # the same verified format as every checkpoint
+    assert kept.state["evaluation"]["mean"] == pytest.approx(summary["best_eval_return"])
+    assert kept.state["counters"]["env_steps"] <= summary["env_steps"]
+    assert set(kept.learner_state) == set(load_checkpoint(summary["checkpoint"]).learner_state)
+    # every_minutes: a checkpoint after (nearly) every rollout, although every_env_steps is never reached.
+    assert len(list_checkpoints(tmp_path / "ppo" / "checkpoints")) >= 3
+    wall = [json.load(open(p / "state.json"))["counters"]["wall_seconds"]
+            for p in list_checkpoints(tmp_path / "ppo" / "checkpoints")]
+    assert wall == sorted(wall)
