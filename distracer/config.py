@@ -235,14 +235,29 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r} must be an integer")
         return value
     if hint is float:
+        if isinstance(value, str):
+            value = _yaml11_float(value, key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):  # a NaN passes every `< 0` check and poisons the first loss
+            raise ConfigError(f"{key}={value!r} must be a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} must be a string")
         return value
     return value
+
+
+def _yaml11_float(text: str, key: str) -> Any:
+    """YAML 1.1 (PyYAML) reads `1e-3` as a string (it wants `1.0e-3`); take it as the number it means."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}={text!r} must be a finite number")
+    return number
 
 
 def apply_dict(config: Any, data: dict[str, Any], prefix: str = "") -> Any:

@@ -40,3 +40,25 @@ def test_presets_layer_over_every_algorithm(algo, preset):
     """`make train ALGO=... PRESET=...`: the algorithm's file, then the preset's resources."""
     config = load_config([str(REPO / f"tune_configs/{algo}.yaml"), str(REPO / f"tune_configs/{preset}.yaml")])
     assert config.algo == algo
+
+
+@pytest.mark.parametrize("override", ["ppo.ent_coef=.nan", "ppo.ent_coef=.inf", "ppo.vf_coef=.nan", "ppo.lr=nan",
+                                      "sac_drq.tau=-.inf", "dqn.learning_rate=.nan", "max_minutes=.inf",
+                                      "resources.worker_cpus=.nan", "eval.episodes=.inf",
+                                      "checkpoint.every_minutes=.nan", "ppo.clip_range_vf=.nan"])
+def test_non_finite_numbers_are_refused_in_every_section(override):
+    from distracer.errors import ConfigError
+
+    key = override.split("=")[0]
+    try:
+        load_config([str(REPO / "tune_configs/ppo.yaml")], [override])
+    except ConfigError as exc:
+        assert key in str(exc) and ("finite" in str(exc) or "integer" in str(exc))
+    else:
+        pytest.fail(f"{override} was accepted")
+
+
+def test_exponent_without_a_dot_is_a_number_on_the_command_line():
+    # YAML 1.1 reads 1e-3 as a string; a user means the number.
+    config = load_config([str(REPO / "tune_configs/sac_drq.yaml")], ["sac_drq.init_alpha=1e-3", "ppo.lr=3e-4"])
+    assert config.sac_drq.init_alpha == 1e-3 and config.ppo.lr == 3e-4
