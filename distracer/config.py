@@ -57,6 +57,8 @@ class ResourcesConfig:
     """GPUs for the learner: -1 = one if the cluster has any, else 0; 0 = CPU; 1 = require one."""
     shard_cpus: float = 0.5
     """CPUs reserved per replay shard."""
+    connect_timeout_s: float = 20.0
+    """How long joining a cluster (resources.address or RAY_ADDRESS) may take before a one-line error."""
     local_num_cpus: int | None = None
     """CPUs of the embedded local Ray (None: all of this machine's)."""
     object_store_memory: str | None = None
@@ -82,6 +84,8 @@ class ResourcesConfig:
         for name in ("worker_cpus", "learner_cpus", "shard_cpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"resources.{name}={getattr(self, name)} must be >= 0")
+        if not self.connect_timeout_s > 0:
+            raise ConfigError(f"resources.connect_timeout_s={self.connect_timeout_s} must be > 0")
         if self.learner_gpus < 0 and self.learner_gpus != -1:
             raise ConfigError(f"resources.learner_gpus={self.learner_gpus} must be -1 (auto) or >= 0")
 

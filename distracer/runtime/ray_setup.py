@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import ray
 
@@ -24,6 +26,8 @@ def init_ray(resources: ResourcesConfig) -> bool:
         return False
     address = resources.address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_address(address, resources.connect_timeout_s,
+                      "resources.address" if resources.address else "RAY_ADDRESS")
         ray.init(address=address, log_to_driver=True)
         return True
     # Keep every node of the embedded Ray on 127.0.0.1.
@@ -49,3 +53,33 @@ def learner_gpus(resources: ResourcesConfig) -> float:
     if resources.learner_gpus > available:
         raise ConfigError(f"resources.learner_gpus={resources.learner_gpus} but the Ray cluster has {available:g} GPUs")
     return resources.learner_gpus
+
+
+def check_address(address: str, timeout_s: float, source: str = "RAY_ADDRESS") -> None:
+    """Refuse, in one line and within `timeout_s`, a cluster address that `ray.init` cannot join.
+
+    `ray.init` raises a long traceback for a dashboard URL and retries an address with nothing listening
+    without end; this checks the form (GCS `host:port`, `ray://host:port`, or `auto`) and that the port
+    accepts a TCP connection, retrying until the deadline (a head that is still starting gets the time).
+    """
+    if address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}={address} is a dashboard URL (for `ray job submit`); distracer joins a "
+                          "cluster at its GCS address host:port (e.g. 127.0.0.1:6379, what `ray start --head` "
+                          "prints), or unset it for an embedded local Ray")
+    host_port = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{source}={address} is not host:port (e.g. 127.0.0.1:6379) or ray://host:port")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=max(0.1, min(2.0, timeout_s))):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"cannot reach a Ray cluster at {source}={address} within {timeout_s:g} s "
+                                  f"({exc.strerror or exc}); start one (`ray start --head`), fix the address, or "
+                                  "unset it for an embedded local Ray") from None
+            time.sleep(0.5)

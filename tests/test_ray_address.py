@@ -1,0 +1,56 @@
+"""Joining a cluster: a bad RAY_ADDRESS gets one line within the connect timeout, not a traceback or a hang."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from distracer.errors import ConfigError
+from distracer.runtime.ray_setup import check_address
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_url_is_refused_with_what_to_set_instead():
+    with pytest.raises(ConfigError, match=r"RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard URL.*6379"):
+        check_address("http://127.0.0.1:8265", 1.0)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "localhost:port", ":6379"])
+def test_malformed_address_is_refused(address):
+    with pytest.raises(ConfigError, match="is not host:port"):
+        check_address(address, 1.0, "resources.address")
+
+
+def test_nothing_listening_fails_within_the_timeout():
+    port = _free_port()
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"cannot reach a Ray cluster at RAY_ADDRESS=127.0.0.1:{port} within 1 s"):
+        check_address(f"127.0.0.1:{port}", 1.0)
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_a_listening_port_and_auto_pass(scheme):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        check_address(f"{scheme}127.0.0.1:{server.getsockname()[1]}", 1.0)
+    check_address("auto", 1.0)
+
+
+def test_train_cli_says_it_in_one_line(monkeypatch, capsys):
+    from distracer.cli import main
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    config = Path(__file__).resolve().parents[1] / "tune_configs" / "ppo.yaml"
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("distracer: error: RAY_ADDRESS=http://")
