@@ -57,6 +57,9 @@ class ResourcesConfig:
     """GPUs for the learner: -1 = one if the cluster has any, else 0; 0 = CPU; 1 = require one."""
     shard_cpus: float = 0.5
     """CPUs reserved per replay shard."""
+    fit_timeout_s: float = 300.0
+    """On a joined cluster (it may be autoscaling), how long to wait for the run's CPUs/GPUs to exist before a
+    one-line error; an embedded local Ray that lacks them is refused at once."""
     connect_timeout_s: float = 20.0
     """How long joining a cluster (resources.address or RAY_ADDRESS) may take before a one-line error."""
     local_num_cpus: int | None = None
@@ -84,6 +87,8 @@ class ResourcesConfig:
         for name in ("worker_cpus", "learner_cpus", "shard_cpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"resources.{name}={getattr(self, name)} must be >= 0")
+        if self.fit_timeout_s < 0:
+            raise ConfigError(f"resources.fit_timeout_s={self.fit_timeout_s} must be >= 0")
         if not self.connect_timeout_s > 0:
             raise ConfigError(f"resources.connect_timeout_s={self.connect_timeout_s} must be > 0")
         if self.learner_gpus < 0 and self.learner_gpus != -1:

@@ -54,3 +54,21 @@ def test_train_cli_says_it_in_one_line(monkeypatch, capsys):
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("distracer: error: RAY_ADDRESS=http://")
+
+
+def test_a_run_that_does_not_fit_is_refused_before_its_actors_start(ray_local):
+    # ray_local has 4 CPUs; 4 workers of 1 CPU plus the learner and a shard do not fit, and an already
+    # started local Ray is not autoscaling: after fit_timeout_s (here 0) it is one line.
+    from distracer.config import load_config
+    from distracer.runtime.driver import actor_resources
+    from distracer.runtime.ray_setup import check_fit
+
+    config = load_config([str(Path(__file__).resolve().parents[1] / "tune_configs" / "dqn.yaml")],
+                         ["resources.num_workers=4", "replay.num_shards=2", "resources.fit_timeout_s=0"])
+    asked, what = actor_resources(config, 0.0)
+    assert asked == {"CPU": 1 + 4 * 1 + 2 * 0.5} and "4 worker(s) x 1" in what
+    with pytest.raises(ConfigError, match=r"ask for 6 CPU .* the cluster has 4 CPU; use a preset"):
+        check_fit(asked, what, 0.0, embedded=False, log=lambda _: None)
+    with pytest.raises(ConfigError, match="the embedded local Ray has 4 CPU"):
+        check_fit(asked, what, 60.0, embedded=True)
+    check_fit({"CPU": 4.0}, "fits", 0.0, embedded=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -39,7 +40,7 @@ from distracer.errors import ConfigError
 from distracer.evaluate import EvalResult, evaluate_policy
 from distracer.runtime.learner import LearnerActor
 from distracer.runtime.logger import RunLogger
-from distracer.runtime.ray_setup import init_ray, learner_gpus
+from distracer.runtime.ray_setup import check_fit, init_ray, learner_gpus
 from distracer.runtime.worker import CollectStats, RolloutWorker
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
@@ -90,6 +91,22 @@ def bundle_layout(config: TrainConfig, gpus: float) -> list[dict[str, float]]:
     return ([bundle(1.0), bundle(res.learner_cpus, res.learner_resources, gpus)]
             + [bundle(res.worker_cpus, res.worker_resources)] * res.num_workers
             + [bundle(res.shard_cpus, res.worker_resources)] * shards)
+
+
+def actor_resources(config: TrainConfig, gpus: float) -> tuple[dict[str, float], str]:
+    """What the run's actors ask of the cluster in all (resource -> amount), and how that adds up, in words."""
+    res = config.resources
+    shards = config.replay.num_shards if config.algo in OFF_POLICY else 0
+    asked: dict[str, float] = {"CPU": res.learner_cpus + res.num_workers * res.worker_cpus + shards * res.shard_cpus}
+    if gpus:
+        asked["GPU"] = gpus
+    for name, amount in res.learner_resources.items():
+        asked[name] = asked.get(name, 0.0) + float(amount)
+    for name, amount in res.worker_resources.items():
+        asked[name] = asked.get(name, 0.0) + float(amount) * (res.num_workers + shards)
+    what = (f"learner {res.learner_cpus:g} CPU, {res.num_workers} worker(s) x {res.worker_cpus:g}"
+            + (f", {shards} shard(s) x {res.shard_cpus:g}" if shards else ""))
+    return {k: v for k, v in asked.items() if v > 0}, what
 
 
 def probe_spaces(config: TrainConfig) -> tuple[tuple[int, int, int], ActionSpec]:
@@ -162,6 +179,9 @@ class Driver:
         cfg = self.config
         self.started_ray = init_ray(cfg.resources)
         gpus = self.gpus = learner_gpus(cfg.resources)  # refuses a GPU the cluster lacks, before any actor starts
+        if get_current_placement_group() is None:  # a Tune trial's placement group already holds its resources
+            asked, what = actor_resources(cfg, gpus)
+            check_fit(asked, what, cfg.resources.fit_timeout_s, embedded=self.started_ray and not self._joined())
         self.obs_shape, self.action_spec = probe_spaces(cfg)
         capacity = self._replay_capacity() if cfg.algo in OFF_POLICY else 0
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +212,9 @@ class Driver:
             self.ratio_base = (self.counters.num_updates, self.counters.env_steps)
         else:
             self.ratio_base = (0, 0)
+
+    def _joined(self) -> bool:
+        return bool(self.config.resources.address or os.environ.get("RAY_ADDRESS"))
 
     def _bundle(self, index: int) -> dict[str, Any]:
         """Pin an actor to its own bundle when this run owns a placement group laid out by `bundle_layout`

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import ray
 
@@ -83,3 +84,35 @@ def check_address(address: str, timeout_s: float, source: str = "RAY_ADDRESS") -
                                   f"({exc.strerror or exc}); start one (`ray start --head`), fix the address, or "
                                   "unset it for an embedded local Ray") from None
             time.sleep(0.5)
+
+
+def check_fit(asked: dict[str, float], what: str, wait_s: float, embedded: bool,
+              log: Callable[[str], None] = print) -> None:
+    """Refuse, before any actor starts, a run whose actors ask for more than the cluster has.
+
+    `asked`: resource -> amount for the whole run (CPU, GPU, custom). An embedded local Ray never grows:
+    a shortfall is one line at once, naming what was asked, what exists and what to change. A joined cluster
+    may be autoscaling: it is polled for up to `wait_s` seconds, saying once what it waits for, then refused.
+    Without this, Ray queues the actors that do not fit and the run waits in silence forever.
+    """
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        total = ray.cluster_resources()
+        short = {k: v for k, v in asked.items() if v > total.get(k, 0.0) + 1e-9}
+        if not short:
+            return
+        have = ", ".join(f"{total.get(k, 0.0):g} {k}" for k in short)
+        need = ", ".join(f"{v:g} {k}" for k, v in short.items())
+        if embedded or time.monotonic() >= deadline:
+            where = "the embedded local Ray has" if embedded else f"after {wait_s:g} s the cluster has"
+            raise ConfigError(f"the run's actors ask for {need} ({what}) but {where} {have}; {FIT_HINT}")
+        if not said:
+            log(f"distracer: waiting up to {wait_s:g} s for the cluster to offer {need} (it has {have}; "
+                "resources.fit_timeout_s)")
+            said = True
+        time.sleep(2.0)
+
+
+FIT_HINT = ("use a preset sized for it (--preset cpu or laptop on one machine) or lower resources.num_workers, "
+            "worker_cpus, learner_cpus or shard_cpus (resources.local_num_cpus sets the embedded Ray's CPUs)")
