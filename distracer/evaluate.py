@@ -317,8 +317,11 @@ def _load_sb3(path: Path, trust_pickle: bool, vecnorm: str | Path | None, action
     env_config = sb3_env_config(info, action_repeat or 1)
     bundle = load_sb3_bundle(path, trust_pickle, vecnorm)
     used = vecnorm or (path.parent / VECNORM_FILE if bundle.vecnorm_bytes is not None else None)
-    return Loaded("sb3", info.algo, path, PolicySource(sb3=bundle), env_config, EvalConfig().seed,
-                  {"training_seed": info.seed, "vecnormalize": str(used) if used else None})
+    out = Loaded("sb3", info.algo, path, PolicySource(sb3=bundle), env_config, EvalConfig().seed,
+                 {"training_seed": info.seed, "vecnormalize": str(used) if used else None})
+    if bundle.replaced:
+        out.info["replaced_training_objects"] = list(bundle.replaced)
+    return out
 
 
 def eval_seeds(loaded: Loaded, episodes: int, seed: int | None) -> list[int]:
@@ -365,6 +368,9 @@ def evaluate_checkpoint(path: str | Path, episodes: int = 10, seed: int | None =
     videos = check_video_dir(video_dir) if video_dir is not None else None
     loaded = load_for_evaluation(path, trust_pickle, vecnorm, action_repeat)
     seeds = eval_seeds(loaded, episodes, seed)
+    if loaded.info.get("replaced_training_objects"):
+        log("distracer: the SB3 zip's training-only objects (learning-rate and clip schedules) could not be "
+            "unpickled and were replaced by constants; acting does not use them")
 
     t0 = time.perf_counter()  # wall time includes starting Ray: it is part of what the user waits for
     workers, started_ray = _start_workers(workers, episodes)

@@ -40,6 +40,11 @@ VECNORM_FILE = "vecnormalize.pkl"
 EXPORTABLE = ("ppo", "dqn")
 
 
+# Pickled objects of an SB3 zip that only training uses; replaced by constants when they cannot be unpickled.
+TRAINING_ONLY = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0,
+                 "clip_range_vf": None, "exploration_schedule": lambda _: 0.0}
+
+
 def pickle_refusal(path: str | Path, what: str) -> ConfigError:
     return ConfigError(f"{str(path)!r} is {what}: loading it unpickles Python objects, which can run arbitrary "
                        "code; pass --trust-pickle if you trust where it came from")
@@ -127,6 +132,8 @@ class SB3Bundle:
     algo: str
     zip_bytes: bytes
     vecnorm_bytes: bytes | None = None
+    replaced: tuple[str, ...] = ()
+    """Training-only objects that could not be unpickled and were replaced (acting does not use them)."""
 
     def actor(self) -> SB3Actor:
         return SB3Actor(self)
@@ -147,7 +154,8 @@ def load_sb3_bundle(path: str | Path, trust_pickle: bool, vecnorm: str | Path | 
             raise ConfigError(f"--vecnorm {str(vecnorm)!r} does not exist")
         vecnorm_bytes = vecnorm.read_bytes()
     bundle = SB3Bundle(info.algo, path.read_bytes(), vecnorm_bytes)
-    bundle.actor()  # load once here so a broken file fails in one line before any episode starts
+    actor = bundle.actor()  # load once here so a broken file fails in one line before any episode starts
+    bundle.replaced = actor.replaced
     return bundle
 
 
@@ -158,10 +166,18 @@ class SB3Actor:
         import stable_baselines3 as sb3
 
         cls = getattr(sb3, SB3_CLASSES[bundle.algo])
+        self.replaced: tuple[str, ...] = ()
         try:
             self.model = cls.load(io.BytesIO(bundle.zip_bytes), device="cpu")
         except Exception as exc:  # SB3/cloudpickle raise many types for a bad file; the user needs one line
-            raise ConfigError(f"SB3 {bundle.algo} model cannot be loaded ({type(exc).__name__}: {exc})"[:300]) from None
+            # Often a pickled training-only object (a custom lr schedule from the user's script) whose module
+            # is not installed: acting needs none of them, and SB3 loads without them given custom_objects.
+            try:
+                self.model = cls.load(io.BytesIO(bundle.zip_bytes), device="cpu", custom_objects=TRAINING_ONLY)
+            except Exception:
+                raise ConfigError(
+                    f"SB3 {bundle.algo} model cannot be loaded ({type(exc).__name__}: {exc})"[:300]) from None
+            self.replaced = tuple(TRAINING_ONLY)
         self.model_shape = tuple(self.model.observation_space.shape)
         self.vecnorm = None
         if bundle.vecnorm_bytes is not None:

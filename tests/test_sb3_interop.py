@@ -147,3 +147,36 @@ def test_missing_vecnorm_is_one_line(tmp_path, capsys):
             "--vecnorm", str(tmp_path / "nope.pkl"), "--episodes", "1"]
     assert main(args) == 2
     assert "nope.pkl" in capsys.readouterr().err
+
+
+def test_zip_with_an_uninstalled_schedule_module_still_evaluates(tmp_path, monkeypatch):
+    # The common field case: PPO trained with a `linear_schedule` from the user's own script; the zip pickles
+    # it by reference to a module this machine lacks. Acting never uses it.
+    import importlib
+    import sys
+
+    from stable_baselines3.common.vec_env import DummyVecEnv
+    from test_ppo import SidePixelTask
+
+    (tmp_path / "user_schedules.py").write_text("def linear_schedule(progress):\n    return 1e-4 * progress\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    user = importlib.import_module("user_schedules")
+    env = DummyVecEnv([lambda: SidePixelTask("continuous", frame_size=84)])
+    model = sb3.PPO("CnnPolicy", env, n_steps=16, batch_size=16, device="cpu", seed=0,
+                    learning_rate=user.linear_schedule, clip_range=user.linear_schedule)
+    model.save(tmp_path / "zoo" / "model.zip")
+    monkeypatch.delitem(sys.modules, "user_schedules")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(ModuleNotFoundError):
+        sb3.PPO.load(tmp_path / "zoo" / "model.zip", device="cpu")
+
+    lines = []
+    report = evaluate_checkpoint(tmp_path / "zoo" / "model.zip", episodes=1, max_steps=5, trust_pickle=True,
+                                 log=lines.append)
+    assert report["checkpoint_info"]["replaced_training_objects"]
+    assert any("training-only objects" in line and "replaced" in line for line in lines)
+    actor = SB3Actor(SB3Bundle("ppo", (tmp_path / "zoo" / "model.zip").read_bytes()))
+    obs = random_obs((4, 84, 84), n=1)[0]
+    want, _ = model.predict(np.moveaxis(obs, 0, -1) if model.observation_space.shape[-1] == 4 else obs,
+                            deterministic=True)
+    np.testing.assert_allclose(actor(obs), want, atol=1e-6)
