@@ -290,17 +290,18 @@ class Loaded:
 
 
 def load_for_evaluation(path: str | Path, trust_pickle: bool = False, vecnorm: str | Path | None = None,
-                        action_repeat: int | None = None) -> Loaded:
+                        action_repeat: int | None = None, color: str | None = None) -> Loaded:
     """Detect the checkpoint's format and algorithm and build its policy and env config."""
     from distracer.checkpoint import detect_format
 
     fmt, found = detect_format(path)
     if fmt == "sb3":
-        return _load_sb3(found, trust_pickle, vecnorm, action_repeat)
+        return _load_sb3(found, trust_pickle, vecnorm, action_repeat, color)
     if vecnorm is not None:
         raise ConfigError("--vecnorm is for SB3 .zip models; distracer checkpoints hold their own normalisation")
-    if action_repeat is not None:
-        raise ConfigError("--action-repeat is for SB3 .zip models; a distracer checkpoint uses its saved env config")
+    if action_repeat is not None or color is not None:
+        raise ConfigError("--action-repeat and --color are for SB3 .zip models; a distracer checkpoint uses its "
+                          "saved env config")
     learner, config, ckpt = learner_from_checkpoint(found)
     counters = ckpt.state.get("counters", {})
     info = {"env_steps": counters.get("env_steps"), "num_updates": counters.get("num_updates"),
@@ -309,12 +310,13 @@ def load_for_evaluation(path: str | Path, trust_pickle: bool = False, vecnorm: s
                   config.eval.seed, info)
 
 
-def _load_sb3(path: Path, trust_pickle: bool, vecnorm: str | Path | None, action_repeat: int | None) -> Loaded:
+def _load_sb3(path: Path, trust_pickle: bool, vecnorm: str | Path | None, action_repeat: int | None,
+              color: str | None = None) -> Loaded:
     from distracer.config import EvalConfig
     from distracer.sb3_interop import VECNORM_FILE, load_sb3_bundle, read_sb3_zip, sb3_env_config
 
     info = read_sb3_zip(path)
-    env_config = sb3_env_config(info, action_repeat or 1)
+    env_config = sb3_env_config(info, action_repeat or 1, color)
     bundle = load_sb3_bundle(path, trust_pickle, vecnorm)
     used = vecnorm or (path.parent / VECNORM_FILE if bundle.vecnorm_bytes is not None else None)
     out = Loaded("sb3", info.algo, path, PolicySource(sb3=bundle), env_config, EvalConfig().seed,
@@ -352,7 +354,7 @@ def default_workers() -> int:
 def evaluate_checkpoint(path: str | Path, episodes: int = 10, seed: int | None = None,
                         video_dir: str | Path | None = None, side_by_side: bool = False,
                         workers: int | None = None, trust_pickle: bool = False, vecnorm: str | Path | None = None,
-                        action_repeat: int | None = None, max_steps: int | None = None,
+                        action_repeat: int | None = None, max_steps: int | None = None, color: str | None = None,
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """`distracer evaluate` as a function: returns the JSON report. Refuses bad input before any episode runs."""
     from distracer.video import check_video_dir
@@ -366,7 +368,7 @@ def evaluate_checkpoint(path: str | Path, episodes: int = 10, seed: int | None =
     if side_by_side and video_dir is None:
         raise ConfigError("--side-by-side needs --video DIR")
     videos = check_video_dir(video_dir) if video_dir is not None else None
-    loaded = load_for_evaluation(path, trust_pickle, vecnorm, action_repeat)
+    loaded = load_for_evaluation(path, trust_pickle, vecnorm, action_repeat, color)
     seeds = eval_seeds(loaded, episodes, seed)
     if loaded.info.get("replaced_training_objects"):
         log("distracer: the SB3 zip's training-only objects (learning-rate and clip schedules) could not be "
@@ -377,6 +379,10 @@ def evaluate_checkpoint(path: str | Path, episodes: int = 10, seed: int | None =
     label = f"{loaded.algo} {loaded.path.name}"
     log(f"distracer: evaluating {loaded.fmt} {loaded.algo} checkpoint {str(loaded.path)!r} on stock {STOCK_ID}: "
         f"{episodes} episode(s), seeds {seeds[0]}..{seeds[-1]}, {min(workers, episodes)} in parallel")
+    if loaded.fmt == "sb3":  # what the zip could not say is the user's to check: print what was built
+        env = loaded.env_config
+        log(f"distracer: SB3 input: {env.frame_stack} {'grayscale' if env.grayscale else 'RGB'} frame(s) of "
+            f"{env.frame_size}x{env.frame_size}, action repeat {env.action_repeat} (--color, --action-repeat)")
     if max_steps is not None:
         log(f"distracer: episodes cut at {max_steps} agent steps (--max-steps): the result is NOT a CarRacing score")
     try:
@@ -441,7 +447,8 @@ def _check_json_path(path: str | None) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_json_path(args.json)
     report = evaluate_checkpoint(args.checkpoint, args.episodes, args.seed, args.video, args.side_by_side,
-                                 args.workers, args.trust_pickle, args.vecnorm, args.action_repeat, args.max_steps)
+                                 args.workers, args.trust_pickle, args.vecnorm, args.action_repeat, args.max_steps,
+                                 args.color)
     verdict = ""
     if report["max_steps"] is None:
         verdict = " (solved: >= 900 over 100+ episodes)" if report["solved"] else (
@@ -472,6 +479,8 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    help="allow loading SB3 .zip / vecnormalize.pkl files, which unpickle Python objects")
     p.add_argument("--vecnorm", metavar="PATH", default=None,
                    help="SB3 VecNormalize stats (default: vecnormalize.pkl beside the .zip, if any)")
+    p.add_argument("--color", choices=("gray", "rgb"), default=None,
+                   help="SB3 .zip only: its frames are grayscale or RGB (asked when the channel count divides by 3)")
     p.add_argument("--action-repeat", type=int, default=None,
                    help="SB3 .zip only: the action repeat it was trained with (default 1)")
     p.add_argument("--max-steps", type=int, default=None,

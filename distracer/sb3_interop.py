@@ -102,10 +102,13 @@ def _sb3_algo(data: dict[str, Any]) -> str:
                       f"(known: {', '.join(SB3_CLASSES)})")
 
 
-def sb3_env_config(info: SB3ZipInfo, action_repeat: int = 1) -> EnvConfig:
+def sb3_env_config(info: SB3ZipInfo, action_repeat: int = 1, color: str | None = None) -> EnvConfig:
     """The distracer env that produces the observations and takes the actions the SB3 model expects.
 
-    Frames are taken as grayscale, one channel per stacked frame (the seed project's layout).
+    The zip gives the frame size and the channel count; whether those channels are grayscale frames or RGB
+    triples it cannot say when the count divides by 3 (12 = 4 RGB frames or 12 gray ones), so `color`
+    ('gray' or 'rgb') is then required: a ConfigError says so rather than guess. Action repeat is not in
+    the zip either: it is the caller's `action_repeat` (the report prints both).
     """
     shape = info.obs_shape
     channel_first = int(np.argmin(shape)) == 0
@@ -115,7 +118,17 @@ def sb3_env_config(info: SB3ZipInfo, action_repeat: int = 1) -> EnvConfig:
                           "takes 2-D [steer, accel] (or 5 discrete actions)")
     if info.action_kind == "discrete" and info.action_n != 5:
         raise ConfigError(f"SB3 model has {info.action_n} discrete actions; distracer's CarRacing has 5")
-    config = EnvConfig(action_space=info.action_kind, frame_size=size, frame_stack=channels,
+    if color not in (None, "gray", "rgb"):
+        raise ConfigError(f"--color {color!r} is unknown; allowed: gray, rgb")
+    if color is None:
+        if channels % 3 == 0:
+            raise ConfigError(f"SB3 model takes {channels} channels: {channels // 3} RGB frame(s) or {channels} "
+                              "grayscale frames; the zip does not say which: pass --color rgb or --color gray")
+        color = "gray"
+    if color == "rgb" and channels % 3:
+        raise ConfigError(f"--color rgb needs a channel count divisible by 3; the SB3 model takes {channels}")
+    stack = channels // 3 if color == "rgb" else channels
+    config = EnvConfig(action_space=info.action_kind, frame_size=size, frame_stack=stack, grayscale=color == "gray",
                        action_repeat=action_repeat)
     config.validate()
     return config

@@ -180,3 +180,28 @@ def test_zip_with_an_uninstalled_schedule_module_still_evaluates(tmp_path, monke
     want, _ = model.predict(np.moveaxis(obs, 0, -1) if model.observation_space.shape[-1] == 4 else obs,
                             deterministic=True)
     np.testing.assert_allclose(actor(obs), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, stack", [((96, 96, 3), 1), ((96, 96, 12), 4)])
+def test_rgb_sb3_models_are_never_scored_on_a_guessed_input(tmp_path, shape, stack):
+    from gymnasium import spaces
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from distracer.sb3_interop import _SpacesEnv
+
+    obs_space = spaces.Box(0, 255, shape, np.uint8)
+    env = DummyVecEnv([lambda: _SpacesEnv(obs_space, spaces.Box(-1.0, 1.0, (2,), np.float32))])
+    sb3.PPO("CnnPolicy", env, n_steps=16, batch_size=16, device="cpu", seed=0).save(tmp_path / "rgb.zip")
+    info = read_sb3_zip(tmp_path / "rgb.zip")
+    with pytest.raises(ConfigError, match=rf"takes {shape[2]} channels: {stack} RGB frame\(s\) or {shape[2]} "
+                                          "grayscale frames.*--color rgb or --color gray"):
+        sb3_env_config(info)
+    config = sb3_env_config(info, action_repeat=2, color="rgb")
+    assert (config.grayscale, config.frame_stack, config.frame_size, config.action_repeat) == (False, stack, 96, 2)
+    lines = []
+    report = evaluate_checkpoint(tmp_path / "rgb.zip", episodes=1, max_steps=3, trust_pickle=True, color="rgb",
+                                 action_repeat=2, log=lines.append)
+    assert report["lengths"] == [6] and report["env_config"]["grayscale"] is False
+    assert any(f"{stack} RGB frame(s) of 96x96, action repeat 2" in line for line in lines)
+    with pytest.raises(ConfigError, match="--color and --action-repeat|--action-repeat and --color"):
+        evaluate_checkpoint(make_checkpoint(tmp_path / "d", "ppo"), episodes=1, color="rgb")
