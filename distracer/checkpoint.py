@@ -156,8 +156,16 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     try:
         learner_state = torch.load(path / LEARNER_FILE, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad files; the user needs one line
-        raise ConfigError(f"checkpoint {str(path)!r}: {LEARNER_FILE} cannot be loaded ({type(exc).__name__})") from None
+        raise ConfigError(f"checkpoint {str(path)!r}: {LEARNER_FILE} cannot be loaded "
+                          f"({type(exc).__name__}: {_first_reason(exc)})") from None
     return Checkpoint(path, learner_state, state)
+
+
+def _first_reason(exc: BaseException) -> str:
+    """The line of an exception that says why: for torch's weights_only refusal, the global it refused."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    refused = [line for line in lines if "Unsupported global" in line or "GLOBAL" in line]
+    return (refused or lines or ["no reason given"])[0][:240]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

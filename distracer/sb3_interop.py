@@ -169,6 +169,11 @@ def load_sb3_bundle(path: str | Path, trust_pickle: bool, vecnorm: str | Path | 
     bundle = SB3Bundle(info.algo, path.read_bytes(), vecnorm_bytes)
     actor = bundle.actor()  # load once here so a broken file fails in one line before any episode starts
     bundle.replaced = actor.replaced
+    if actor.vecnorm is not None:  # its statistics must fit the model's input, whatever the layout
+        stats_shape = tuple(actor.vecnorm.obs_rms.mean.shape)
+        if sorted(stats_shape) != sorted(actor.model_shape):
+            raise ConfigError(f"{str(vecnorm)!r} holds observation statistics of shape {stats_shape}; the SB3 model "
+                              f"takes {actor.model_shape}: it belongs to another run (pass the right --vecnorm)")
     return bundle
 
 

@@ -92,3 +92,21 @@ def test_missing_path_and_plain_file(tmp_path):
     (tmp_path / "model.zip").write_bytes(b"PK")
     with pytest.raises(ConfigError, match="not a distracer checkpoint directory"):
         verify_checkpoint(resolve_checkpoint(tmp_path / "model.zip"))
+
+
+def test_a_learner_file_weights_only_refuses_names_the_refused_global(tmp_path):
+    import argparse
+    import json
+
+    import torch
+
+    from distracer.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, sha256_file
+    from distracer.errors import ConfigError
+
+    ckpt = save_checkpoint(tmp_path, {"w": torch.zeros(2)}, {"counters": {}}, 1)
+    torch.save({"w": torch.zeros(2), "args": argparse.Namespace(x=1)}, ckpt / "learner.pt")
+    manifest = json.loads((ckpt / MANIFEST).read_text())
+    manifest["files"]["learner.pt"] = sha256_file(ckpt / "learner.pt")  # re-sealed: only the content is bad
+    (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"learner.pt cannot be loaded \(UnpicklingError: .*argparse.Namespace"):
+        load_checkpoint(ckpt)

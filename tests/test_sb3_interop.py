@@ -205,3 +205,15 @@ def test_rgb_sb3_models_are_never_scored_on_a_guessed_input(tmp_path, shape, sta
     assert any(f"{stack} RGB frame(s) of 96x96, action repeat 2" in line for line in lines)
     with pytest.raises(ConfigError, match="--color and --action-repeat|--action-repeat and --color"):
         evaluate_checkpoint(make_checkpoint(tmp_path / "d", "ppo"), episodes=1, color="rgb")
+
+
+def test_a_vecnormalize_of_another_shape_is_named_at_load(tmp_path):
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+    _, venv = _seed_style_ppo(tmp_path, norm_obs=True)
+    venv.obs_rms = RunningMeanStd(shape=(2, 64, 64))
+    venv.save(str(tmp_path / "other_run.pkl"))
+    with pytest.raises(ConfigError, match=r"other_run.pkl' holds observation statistics of shape \(2, 64, 64\); "
+                                          r"the SB3 model takes \(4, 84, 84\)"):
+        evaluate_checkpoint(tmp_path / "best_model.zip", episodes=1, trust_pickle=True,
+                            vecnorm=tmp_path / "other_run.pkl", log=lambda _: None)
