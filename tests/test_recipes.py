@@ -61,3 +61,21 @@ def test_progress_rates_average_over_a_window(tmp_path):
     steps_s, _ = logger._rates(late, 13288, 13)
     assert steps_s == pytest.approx(2 * 4096 / (late - (t0 + 25)), rel=1e-6)
     logger.close()
+
+
+def test_terminal_gets_one_tqdm_bar_and_files_get_plain_lines(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    config = load_config([])
+    counters = SimpleNamespace(env_steps=4096, num_updates=1, last_eval=float("nan"))
+    bar = RunLogger(tmp_path / "a", config, progress_every_s=0, bar=True)
+    bar.progress(counters, {}, None)
+    bar.info("distracer: checkpoint x")
+    assert bar.bar.n == 4096
+    bar.close()
+    plain = RunLogger(tmp_path / "b", config, progress_every_s=0, bar=False)
+    plain.progress(counters, {}, 0.5)
+    plain.close()
+    out = capsys.readouterr().out
+    assert "distracer: checkpoint x" in out
+    assert f"[sac_drq] 4,096/{config.total_env_steps:,} steps |" in out and "replay 50%" in out

@@ -26,7 +26,7 @@ class RunLogger:
     """Writes `tb/` (TensorBoard), `metrics.jsonl` (evaluations, for `distracer plot`) and the console line."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, progress_every_s: float = 5.0, start_steps: int = 0,
-                 start_updates: int = 0):
+                 start_updates: int = 0, bar: bool | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.config = config
@@ -38,9 +38,19 @@ class RunLogger:
         # (time, env steps, updates) samples over the last RATE_WINDOW_S: rates are averaged over it, so a
         # PPO rollout or a slow learner that moves the counters in bursts never reads as "0 steps/s".
         self.samples: deque[tuple[float, int, int]] = deque([(self.start, start_steps, start_updates)])
+        # On a terminal one tqdm bar updates in place; elsewhere (files, `ray job logs`, Tune) plain lines.
+        self.bar = None
+        if sys.stdout.isatty() if bar is None else bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=config.total_env_steps, initial=start_steps, desc=f"[{config.algo}]", unit=" step",
+                            unit_scale=True, smoothing=0.05, dynamic_ncols=True, file=sys.stdout)
 
     def info(self, message: str) -> None:
-        print(message, flush=True)
+        if self.bar is not None:
+            self.bar.write(message)  # above the bar, which stays at the bottom
+        else:
+            print(message, flush=True)
 
     def scalar(self, name: str, value: float, step: int) -> None:
         self.writer.add_scalar(name, value, step)
@@ -74,6 +84,11 @@ class RunLogger:
         fill = f" | replay {100 * replay_fill:.0f}%" if replay_fill is not None else ""
         last_eval = f"{counters.last_eval:.1f}" if math.isfinite(counters.last_eval) else "-"
         digits = 1 if updates_s >= 1 else 3  # PPO makes one update per rollout: 0.0 would hide it
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(f"{updates_s:.{digits}f} upd/s{fill} | eval {last_eval}", refresh=True)
+            self.last_progress = now
+            return
         line = (f"[{self.config.algo}] {step:,}/{self.config.total_env_steps:,} steps | {steps_s:.0f} steps/s | "
                 f"{updates_s:.{digits}f} upd/s{fill} | eval {last_eval} | ETA {_fmt_duration(remaining)}")
         print(line, file=sys.stdout, flush=True)
@@ -89,5 +104,7 @@ class RunLogger:
         return (steps - steps0) / dt, (updates - updates0) / dt
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
         self.writer.close()
         self.metrics_file.close()
