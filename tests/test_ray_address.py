@@ -72,3 +72,15 @@ def test_a_run_that_does_not_fit_is_refused_before_its_actors_start(ray_local):
     with pytest.raises(ConfigError, match="the embedded local Ray has 4 CPU"):
         check_fit(asked, what, 60.0, embedded=True)
     check_fit({"CPU": 4.0}, "fits", 0.0, embedded=True)
+
+
+def test_the_embedded_mode_auth_token_is_private(tmp_path):
+    from distracer.runtime.ray_setup import private_auth_token
+
+    fresh = private_auth_token(tmp_path / "ray" / "auth_token")
+    assert fresh.stat().st_mode & 0o777 == 0o600 and len(fresh.read_text()) == 64
+    loose = tmp_path / "loose_token"
+    loose.write_text("x" * 64)
+    loose.chmod(0o644)
+    private_auth_token(loose)
+    assert loose.stat().st_mode & 0o777 == 0o600 and loose.read_text() == "x" * 64

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import ray
 
@@ -42,8 +44,26 @@ def init_ray(resources: ResourcesConfig) -> bool:
             raise ConfigError(
                 f"resources.object_store_memory={resources.object_store_memory} is below Ray's 75MiB minimum"
             )
+    private_auth_token()
     ray.init(**kwargs)
     return True
+
+
+def private_auth_token(path: Path | None = None) -> Path | None:
+    """Ray's token authentication reads `~/.ray/auth_token` and, when it is absent, writes one readable by
+    every user (mode 644). Create it first, private (600), as cluster/start_local_head.sh does; make an
+    existing one of ours private too. Nothing to do when the token comes from RAY_AUTH_TOKEN or auth is off."""
+    if path is None and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE") == "disabled"):
+        return None
+    path = path or Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path
 
 
 def learner_gpus(resources: ResourcesConfig) -> float:
