@@ -21,6 +21,7 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,7 @@ class Driver:
         self.started_ray = False
         self.actors: list[Any] = []
         self.shards: list[Any] = []
+        self.shard_names: list[str] = []
         self.workers: list[Any] = []
         self.eval_ref: ray.ObjectRef | None = None
         self.last_checkpoint: Path | None = None
@@ -202,7 +204,7 @@ class Driver:
         worker_cls = ray.remote(num_cpus=cfg.resources.worker_cpus, max_restarts=-1,
                                 resources=cfg.resources.worker_resources or None)(RolloutWorker)
         for i in range(cfg.resources.num_workers):
-            shard = self.shards[i % len(self.shards)] if self.shards else None
+            shard = self.shard_names[i % len(self.shard_names)] if self.shard_names else None
             self.workers.append(worker_cls.options(**self._bundle(2 + i)).remote(cfg, i, shard, self.counters.resumes))
         self.actors += self.workers
         ray.get([w.ready.remote() for w in self.workers] + [self.learner.num_updates.remote()])
@@ -245,8 +247,11 @@ class Driver:
         discrete = self.action_spec.kind == "discrete"
         shard_cls = ray.remote(num_cpus=cfg.resources.shard_cpus,
                                resources=cfg.resources.worker_resources or None)(ReplayShardImpl)
+        run_id = uuid.uuid4().hex[:12]  # actor names are cluster-wide: one run's never meet another's
         for i in range(cfg.replay.num_shards):
-            shard = shard_cls.options(**self._bundle(2 + cfg.resources.num_workers + i)).remote(
+            self.shard_names.append(f"distracer-{run_id}-shard-{i}")
+            placement = self._bundle(2 + cfg.resources.num_workers + i)
+            shard = shard_cls.options(name=self.shard_names[-1], **placement).remote(
                 capacity=capacity, frame_shape=tuple(frame_shape),
                 action_shape=() if discrete else (self.action_spec.n,),
                 action_dtype=np.int64 if discrete else np.float32,

@@ -51,11 +51,13 @@ def was_restarted() -> bool:
 class RolloutWorker:
     """Steps `envs_per_worker` environments in turn, acting on a batch of their observations."""
 
-    def __init__(self, config: TrainConfig, worker_index: int, shard: Any | None = None, restart_salt: int = 0):
+    def __init__(self, config: TrainConfig, worker_index: int, shard: Any | str | None = None, restart_salt: int = 0):
+        """`shard`: the replay shard's actor handle, or its actor name (the driver passes names: a restartable
+        actor whose constructor holds a handle makes Ray log an error on every healthy start)."""
         torch.set_num_threads(1)
         self.config = config
         self.index = worker_index
-        self.shard = shard
+        self.shard = ray.get_actor(shard) if isinstance(shard, str) else shard
         n = config.resources.envs_per_worker
         # After a restart the same seeds would replay the same tracks; the salt moves them on.
         salt = restart_salt + int(was_restarted())
