@@ -83,7 +83,7 @@ def save_checkpoint(
     """
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:012d}"
+    final = root / _checkpoint_name(root, step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
@@ -95,8 +95,6 @@ def save_checkpoint(
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "files": files}, indent=1))
         _fsync_tree(tmp)
-        if final.exists():  # the same step written twice (e.g. final checkpoint right after a periodic one)
-            shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,6 +102,15 @@ def save_checkpoint(
     if keep is not None:
         prune_checkpoints(root, keep)
     return final
+
+
+def _checkpoint_name(root: Path, step: int) -> str:
+    """`ckpt_<step>`, or `ckpt_<step>_<n>` past every checkpoint already at that step: a sealed checkpoint is
+    never rewritten, and names keep sorting oldest first."""
+    base = f"{PREFIX}{step:012d}"
+    taken = [p.name[len(base):] for p in root.glob(f"{base}*")]
+    suffixes = [0 if t == "" else int(t[1:]) for t in taken if t == "" or (t[:1] == "_" and t[1:].isdigit())]
+    return base if not suffixes else f"{base}_{max(suffixes) + 1}"
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:

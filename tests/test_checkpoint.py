@@ -110,3 +110,21 @@ def test_a_learner_file_weights_only_refuses_names_the_refused_global(tmp_path):
     (ckpt / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match=r"learner.pt cannot be loaded \(UnpicklingError: .*argparse.Namespace"):
         load_checkpoint(ckpt)
+
+
+def test_a_sealed_checkpoint_is_never_rewritten(tmp_path):
+    # A resume (or the final checkpoint after a timed one) at the same step writes a new checkpoint beside it.
+    import torch
+
+    from distracer.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+
+    first = save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {"counters": {"num_updates": 480}}, 2000)
+    before = (first / "state.json").read_bytes()
+    second = save_checkpoint(tmp_path, {"w": torch.ones(1)}, {"counters": {"num_updates": 484}}, 2000, keep=1)
+    assert second != first and second.name == first.name + "_1"
+    assert list_checkpoints(tmp_path) == [second]  # pruning keeps the newest, sealed before the older went
+    assert resolve_checkpoint(tmp_path) == second
+    assert load_checkpoint(second).state["counters"]["num_updates"] == 484
+    third = save_checkpoint(tmp_path, {"w": torch.ones(1)}, {"counters": {}}, 2000, keep=5)
+    assert third.name == first.name + "_2"
+    assert before  # the first was read intact before pruning removed it

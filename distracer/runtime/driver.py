@@ -451,9 +451,9 @@ class Driver:
             self._start_eval()
             c.next_eval += self.config.eval.every_env_steps
         if c.env_steps >= c.next_checkpoint or self._checkpoint_due_by_time():
-            self._save()
-            while c.next_checkpoint <= c.env_steps:
+            while c.next_checkpoint <= c.env_steps:  # before saving: a resume must not save this step again
                 c.next_checkpoint += self.config.checkpoint.every_env_steps
+            self._save()
         self.logger.progress(c, self.last_metrics, self._replay_fill())
 
     def _checkpoint_due_by_time(self) -> bool:
