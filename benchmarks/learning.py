@@ -116,6 +116,8 @@ def distracer_command(recipe: Recipe, seed: int, run_dir: Path, minutes: float, 
         cmd += ["--config", config]
     overrides = [f"seed={seed}", f"run_dir={run_dir}", f"max_minutes={_num(minutes)}",
                  f"checkpoint.every_minutes={_num(interval)}", "checkpoint.keep=1000", "eval.every_env_steps=0",
+                 # Snapshots on the wall-clock grid only (each costs --episodes stock episodes to score).
+                 "checkpoint.every_env_steps=1000000000",
                  # The run's own closing evaluation is not used here (snapshots are scored afterwards): keep it short.
                  "eval.episodes=1", *recipe.overrides, *extra]
     for item in overrides:

@@ -90,7 +90,8 @@ def test_distracer_recipe_command_line():
                    "--config", "tune_configs/ppo.yaml", "--config", "tune_configs/cpu.yaml",
                    "--set", "seed=2", "--set", "run_dir=/out/ppo/seed2", "--set", "max_minutes=30",
                    "--set", "checkpoint.every_minutes=5", "--set", "checkpoint.keep=1000",
-                   "--set", "eval.every_env_steps=0", "--set", "eval.episodes=1", "--set", "ppo.lr=1e-4"]
+                   "--set", "eval.every_env_steps=0",
+                   "--set", "checkpoint.every_env_steps=1000000000", "--set", "eval.episodes=1", "--set", "ppo.lr=1e-4"]
 
 
 @pytest.mark.parametrize("name, configs", [

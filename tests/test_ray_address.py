@@ -46,13 +46,18 @@ def test_a_listening_port_and_auto_pass(scheme):
     check_address("auto", 1.0)
 
 
-def test_train_cli_says_it_in_one_line(monkeypatch, capsys):
-    from distracer.cli import main
+def test_train_cli_says_it_in_one_line():
+    # In a process of its own: this test session's Ray is already initialised, and `init_ray` reuses it.
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     config = Path(__file__).resolve().parents[1] / "tune_configs" / "ppo.yaml"
-    assert main(["train", "--config", str(config)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    env = {**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"}
+    proc = subprocess.run([sys.executable, "-m", "distracer", "train", "--config", str(config)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("distracer: error: RAY_ADDRESS=http://")
 
 
