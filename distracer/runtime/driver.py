@@ -425,22 +425,20 @@ class Driver:
         def launch() -> list[Any]:
             return [w.collect_rollout.options(num_returns=2).remote(steps, self.weights_ref) for w in self.workers]
 
-        calls = launch()
+        calls: list[Any] | None = None
         while not self._done():
+            calls = calls or launch()
             metrics_ref = self.learner.train_on_rollouts.remote(*[c[0] for c in calls])
             stats_refs = [c[1] for c in calls]
-            if lag:
-                calls = launch()  # with the weights the learner is updating right now
+            calls = launch() if lag else None  # lag: with the weights the learner is updating right now
             for stats in ray.get(stats_refs):
                 self._count(stats)
             metrics = ray.get(metrics_ref)
             self.counters.num_updates = int(metrics.pop("num_updates"))
             self.last_metrics = metrics
             self.weights_ref = self._publish()
-            if not lag:
-                calls = launch()
             self._periodic()
-        for stats in ray.get([c[1] for c in calls]):  # collected, not trained on: counted all the same
+        for stats in ray.get([c[1] for c in calls or []]):  # lag: collected, not trained on, counted all the same
             self._count(stats)
 
     # ------------------------------------------------------------------ periodic work
