@@ -20,9 +20,9 @@ GPU_RECIPE = ("sac_drq", "laptop")
 CPU_RECIPE = ("ppo", "cpu")
 # What a CPU-only run of each algorithm can expect, from the runs in docs/RESULTS.md.
 CPU_NOTES = {
-    "sac_drq": "SAC+DrQ makes several gradient updates per env step; on a CPU it learns far slower per minute "
-               "than ppo (docs/RESULTS.md)",
-    "dqn": "DQN learns slower per minute than ppo on a CPU (docs/RESULTS.md)",
+    "sac_drq": "SAC+DrQ is learner-bound on a CPU (3-4 updates/s, about 8 agent steps/s on one core; "
+               "docs/RESULTS.md), hundreds of times slower than on a GPU",
+    "dqn": "DQN on a CPU is not the measured best recipe (docs/RESULTS.md)",
 }
 
 
