@@ -89,3 +89,16 @@ def test_the_embedded_mode_auth_token_is_private(tmp_path):
     loose.chmod(0o644)
     private_auth_token(loose)
     assert loose.stat().st_mode & 0o777 == 0o600 and loose.read_text() == "x" * 64
+
+
+def test_an_object_store_larger_than_the_ram_is_refused_before_ray_starts():
+    # In a process of its own, like a user's first run (this session's Ray is already up and would be reused).
+    import subprocess
+    import sys
+
+    config = Path(__file__).resolve().parents[1] / "tune_configs" / "ppo.yaml"
+    proc = subprocess.run([sys.executable, "-m", "distracer", "train", "--config", str(config),
+                           "--set", "resources.object_store_memory=100TB"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "object_store_memory=100TB" in proc.stderr and "GB of RAM available" in proc.stderr
+    assert "Started a local Ray" not in proc.stderr + proc.stdout

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import ray
 
 from distracer.config import ResourcesConfig
@@ -44,6 +45,11 @@ def init_ray(resources: ResourcesConfig) -> bool:
             raise ConfigError(
                 f"resources.object_store_memory={resources.object_store_memory} is below Ray's 75MiB minimum"
             )
+        available = psutil.virtual_memory().available
+        if kwargs["object_store_memory"] > available:
+            raise ConfigError(f"resources.object_store_memory={resources.object_store_memory} "
+                              f"({kwargs['object_store_memory'] / 1e9:.2f} GB) exceeds the {available / 1e9:.2f} GB "
+                              "of RAM available; lower it (the laptop preset uses 200MB)")
     private_auth_token()
     ray.init(**kwargs)
     return True
