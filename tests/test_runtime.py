@@ -74,7 +74,7 @@ def test_killed_worker_is_replaced(ray_local, tmp_path):
     summary = driver.run()
     assert killed
     assert summary["env_steps"] >= 400
-    assert summary["worker_restarts"] >= 1
+    assert summary["worker_restarts"] == 1  # one death, however many calls it failed
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,7 @@ class Driver:
         self.actors: list[Any] = []
         self.shards: list[Any] = []
         self.shard_names: list[str] = []
+        self.restarting: set[int] = set()  # workers whose death was counted and that have not returned since
         self.workers: list[Any] = []
         self.eval_ref: ray.ObjectRef | None = None
         self.last_checkpoint: Path | None = None
@@ -398,10 +399,13 @@ class Driver:
         try:
             stats: CollectStats = ray.get(ref)
         except RayActorError:
-            self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")
-            self.counters.worker_restarts += 1
-            self.logger.scalar("system/worker_restarts", self.counters.worker_restarts, self.counters.env_steps)
+            if index not in self.restarting:  # each call in flight fails; one death is one restart
+                self.restarting.add(index)
+                self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")
+                self.counters.worker_restarts += 1
+                self.logger.scalar("system/worker_restarts", self.counters.worker_restarts, self.counters.env_steps)
             return True
+        self.restarting.discard(index)
         self._count(stats)
         return False
 
