@@ -128,3 +128,20 @@ def test_a_sealed_checkpoint_is_never_rewritten(tmp_path):
     third = save_checkpoint(tmp_path, {"w": torch.ones(1)}, {"counters": {}}, 2000, keep=5)
     assert third.name == first.name + "_2"
     assert before  # the first was read intact before pruning removed it
+
+
+def test_a_resealed_state_json_that_is_not_json_is_one_line(tmp_path):
+    import json
+
+    import torch
+
+    from distracer.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, sha256_file
+    from distracer.errors import ConfigError
+
+    ckpt = save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {"counters": {}}, 1)
+    (ckpt / "state.json").write_text("{ not json")
+    manifest = json.loads((ckpt / MANIFEST).read_text())
+    manifest["files"]["state.json"] = sha256_file(ckpt / "state.json")
+    (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"state.json is not valid JSON"):
+        load_checkpoint(ckpt)
