@@ -85,8 +85,8 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / _checkpoint_name(root, step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         torch.save(learner_state, tmp / LEARNER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, **state}, indent=1))
         if write_replay is not None:
@@ -96,6 +96,10 @@ def save_checkpoint(
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "files": files}, indent=1))
         _fsync_tree(tmp)
         os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"checkpoint {str(final)!r} could not be written ({exc.strerror or exc}); the previous "
+                          "checkpoint is intact") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -111,6 +115,30 @@ def _checkpoint_name(root: Path, step: int) -> str:
     taken = [p.name[len(base):] for p in root.glob(f"{base}*")]
     suffixes = [0 if t == "" else int(t[1:]) for t in taken if t == "" or (t[:1] == "_" and t[1:].isdigit())]
     return base if not suffixes else f"{base}_{max(suffixes) + 1}"
+
+
+MIN_FREE_BYTES = 200 * 1024**2  # a few checkpoints' worth; below it a run would die at its first save
+
+
+def check_writable_dir(path: str | Path, what: str = "run_dir") -> Path:
+    """Create `path` if needed and prove it takes a file, before anything starts: one line for a read-only,
+    missing-permission or (nearly) full disk instead of a traceback at the first checkpoint."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not writable ({exc.strerror or exc})") from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"{what} {str(path)!r}: only {free / 1024**2:.0f} MB free on its disk (No space left "
+                          f"soon); checkpoints need at least {MIN_FREE_BYTES // 1024**2} MB")
+    return path
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:

@@ -38,7 +38,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     def broken_replay(_directory):
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match="could not be written \\(disk full\\)"):
         save_checkpoint(tmp_path, learner_state(), STATE, step=1, write_replay=broken_replay)
     assert os.listdir(tmp_path) == []  # no half checkpoint, no temp dir
 
@@ -145,3 +145,38 @@ def test_a_resealed_state_json_that_is_not_json_is_one_line(tmp_path):
     (ckpt / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match=r"state.json is not valid JSON"):
         load_checkpoint(ckpt)
+
+
+def test_unwritable_or_full_run_dirs_are_one_line_before_anything_starts(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from distracer.checkpoint import check_writable_dir
+    from distracer.errors import ConfigError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=r"run_dir '.*a_file/run' is not writable"):
+        check_writable_dir(blocker / "run")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(ConfigError, match=r"only 1 MB free on its disk \(No space left soon\)"):
+        check_writable_dir(tmp_path / "run")
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import torch
+
+    from distracer.checkpoint import list_checkpoints, save_checkpoint
+    from distracer.errors import ConfigError
+
+    first = save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {"counters": {}}, 1)
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(ConfigError, match="could not be written \\(No space left on device\\); the previous"):
+        save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {"counters": {}}, 2)
+    assert list_checkpoints(tmp_path) == [first]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -34,7 +34,7 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distracer.algos import ActionSpec
-from distracer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from distracer.checkpoint import check_writable_dir, list_checkpoints, load_checkpoint, save_checkpoint
 from distracer.config import TrainConfig, config_from_dict
 from distracer.envs import make_env
 from distracer.errors import ConfigError
@@ -132,7 +132,7 @@ class Driver:
         self.checkpoint = load_checkpoint(resume) if resume else None
         if self.checkpoint is not None:
             self._check_resume_compatible()
-        self.run_dir = Path(config.run_dir)
+        self.run_dir = check_writable_dir(config.run_dir)  # before Ray and any actor
         self.stop_requested = threading.Event()
         self.started_ray = False
         self.actors: list[Any] = []
