@@ -102,3 +102,22 @@ def test_an_object_store_larger_than_the_ram_is_refused_before_ray_starts():
     assert proc.returncode == 2
     assert "object_store_memory=100TB" in proc.stderr and "GB of RAM available" in proc.stderr
     assert "Started a local Ray" not in proc.stderr + proc.stdout
+
+
+def test_train_that_does_not_fit_the_embedded_ray_exits_in_one_line_within_seconds():
+    # The field report: an algorithm config without a preset asked for 3.5 CPUs of a 2-CPU machine and waited
+    # forever. Now the embedded Ray (2 CPUs here, whatever this machine has) refuses it before any actor starts.
+    import subprocess
+    import sys
+
+    config = Path(__file__).resolve().parents[1] / "tune_configs" / "dqn.yaml"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "distracer", "train", "--config", str(config),
+                           "--set", "total_env_steps=800", "--set", "resources.local_num_cpus=2",
+                           "--set", "resources.num_workers=2", "--set", "replay.num_shards=1"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("distracer: error:")]
+    assert len(errors) == 1 and "ask for 3.5 CPU" in errors[0] and "embedded local Ray has 2 CPU" in errors[0]
+    assert "--preset cpu" in errors[0]
+    assert time.monotonic() - start < 120
