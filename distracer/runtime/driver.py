@@ -139,6 +139,9 @@ class Driver:
         self.shards: list[Any] = []
         self.shard_names: list[str] = []
         self.restarting: set[int] = set()  # workers whose death was counted and that have not returned since
+        self._fill: float | None = None  # replay fill, refreshed at most every 5 s
+        self._fill_time = 0.0
+        self._saved_progress: tuple | None = None  # what the last checkpoint held (to skip identical ones)
         self.workers: list[Any] = []
         self.eval_ref: ray.ObjectRef | None = None
         self.last_checkpoint: Path | None = None
@@ -508,18 +511,17 @@ class Driver:
         self._finish_eval(block=True)
 
     def _replay_fill(self) -> float | None:
-        if not self.shards or not hasattr(self, "_fill_time") or time.time() - self._fill_time > 5:
+        if self.shards and time.time() - self._fill_time > 5:
             self._fill_time = time.time()
-            if self.shards:
-                stats = ray.get([s.stats.remote() for s in self.shards])
-                self._fill = sum(s["size"] for s in stats) / max(1, sum(s["capacity"] for s in stats))
-        return getattr(self, "_fill", None)
+            stats = ray.get([s.stats.remote() for s in self.shards])
+            self._fill = sum(s["size"] for s in stats) / max(1, sum(s["capacity"] for s in stats))
+        return self._fill
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self) -> Path:
         c = self.counters
         progress = (c.env_steps, c.num_updates, c.last_eval, c.episodes)
-        if self.last_checkpoint is not None and progress == getattr(self, "_saved_progress", None):
+        if self.last_checkpoint is not None and progress == self._saved_progress:
             return self.last_checkpoint  # nothing new since the last one
         self._saved_progress = progress
         c.wall_seconds = (self.training_ended_at or time.time()) - self.start_time
@@ -562,7 +564,7 @@ class Driver:
             "eval_return_mean": c.last_eval,
             "eval_return_std": c.last_eval_std, "best_eval_return": c.best_eval,
             "episode_return_mean": float(np.mean(c.recent_returns)) if c.recent_returns else float("nan"),
-            "env_steps_per_s": (c.env_steps - getattr(self, "_start_steps", 0)) / elapsed,
+            "env_steps_per_s": c.env_steps / elapsed,  # over the whole run: a resume keeps both its steps and time
             "wall_seconds": elapsed,
             "replay_ratio": c.num_updates / max(1, c.env_steps - self._learning_starts()),
         }
