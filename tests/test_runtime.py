@@ -150,6 +150,7 @@ def test_ppo_policy_lag_overlaps_collection_and_counts_every_step(ray_local, tmp
     assert summary["learner/approx_kl"] == summary["learner/approx_kl"]  # the stale rollout still trains
 
 
+@pytest.mark.slow  # ~40 s of full stock evaluation episodes; run with `make test-slow`
 def test_best_evaluation_and_timed_checkpoints_are_kept(ray_local, tmp_path):
     from distracer.checkpoint import list_checkpoints, load_checkpoint
 
