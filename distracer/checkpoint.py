@@ -154,6 +154,77 @@ def prune_checkpoints(ckpt_root: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def unfinished_writes(ckpt_root: str | Path) -> list[Path]:
+    """Temporary directories of checkpoint writes under `ckpt_root` (`.ckpt_<step>.tmp-<pid>-<ns>`)."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f".{PREFIX}") and ".tmp-" in p.name)
+
+
+def remove_unfinished_writes(ckpt_root: str | Path) -> list[Path]:
+    """Delete the temporary directories that killed writes left behind (their writer's pid is gone); returns
+    them. A write still in progress (its pid alive, e.g. another run on this directory) is left alone."""
+    removed = []
+    for tmp in unfinished_writes(ckpt_root):
+        pid = tmp.name.split(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def newest_intact(ckpt_root: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest sealed checkpoint under `ckpt_root` that verifies and loads, and the (path, one-line reason) of
+    every newer one that does not, newest first. Walks back from the newest, so it reads only what it must."""
+    damaged: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(ckpt_root)):
+        try:
+            load_checkpoint(path)
+        except ConfigError as exc:
+            damaged.append((path, str(exc)))
+            continue
+        return path, damaged
+    return None, damaged
+
+
+def find_resume_checkpoint(run_dir: str | Path, fallback: bool) -> tuple[Path | None, list[str]]:
+    """What `--resume auto` resumes from in `run_dir`: (checkpoint or None for a fresh start, notes to print).
+
+    Never starts from scratch silently where the directory holds checkpoint material: an unusable newest
+    checkpoint is a one-line ConfigError naming the newest intact one (taken instead when `fallback`), and a
+    directory with only unfinished writes or only damaged checkpoints is said to start from step 0 or refused.
+    """
+    root = Path(run_dir) / "checkpoints"
+    newest, damaged = newest_intact(root)
+    notes = []
+    if damaged:
+        first_path, reason = damaged[0]
+        if newest is None:
+            raise ConfigError(f"--resume auto: no checkpoint in {str(root)!r} loads (newest: {reason}); "
+                              "remove them or pass --resume with a checkpoint to start from")
+        if not fallback:
+            raise ConfigError(f"--resume auto: the newest checkpoint is damaged ({reason}); the newest intact one is "
+                              f"{str(newest)!r}: pass --resume {newest}, or set checkpoint.resume_fallback=true")
+        notes.append(f"distracer: warning: skipped {len(damaged)} damaged checkpoint(s), newest {first_path.name} "
+                     f"({reason}); resuming from {newest.name}")
+    elif newest is None and unfinished_writes(root):
+        notes.append(f"distracer: {str(root)!r} holds only unfinished checkpoint writes (a run killed while "
+                     "writing its first checkpoint); starting from step 0")
+    return newest, notes
+
+
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """Check the manifest and every checksum; return the manifest or raise a one-line ConfigError."""
     path = Path(path)
@@ -167,11 +238,13 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {str(path)!r} has no {MANIFEST}: incomplete or not a distracer checkpoint")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"checkpoint {str(path)!r}: {MANIFEST} is corrupt") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        raise ConfigError(f"checkpoint {str(path)!r}: {MANIFEST} is corrupt (not a {FORMAT} manifest)")
     if manifest.get("format") != FORMAT:
         raise ConfigError(f"checkpoint {str(path)!r} is not a {FORMAT} (format={manifest.get('format')!r})")
-    if manifest.get("version", 0) > VERSION:
+    if not isinstance(manifest.get("version", 0), int) or manifest.get("version", 0) > VERSION:
         raise ConfigError(f"checkpoint {str(path)!r} has format version {manifest['version']}; "
                           f"this distracer reads up to {VERSION}")
     for rel, digest in manifest.get("files", {}).items():

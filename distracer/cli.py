@@ -38,10 +38,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(config_files, args.overrides)
     resume = args.resume
     if resume == "auto":
-        from distracer.checkpoint import list_checkpoints
+        from distracer.checkpoint import find_resume_checkpoint
 
-        found = list_checkpoints(os.path.join(config.run_dir, "checkpoints"))
-        resume = str(found[-1]) if found else None
+        found, notes = find_resume_checkpoint(config.run_dir, config.checkpoint.resume_fallback)
+        for note in notes:
+            print(note, flush=True)
+        resume = str(found) if found else None
     summary = train(config, resume=resume)
     print(f"distracer: done: {summary['env_steps']:,} env steps, {summary['num_updates']:,} updates, "
           f"eval {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}; "

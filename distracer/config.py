@@ -62,6 +62,10 @@ class ResourcesConfig:
     one-line error; an embedded local Ray that lacks them is refused at once."""
     connect_timeout_s: float = 20.0
     """How long joining a cluster (resources.address or RAY_ADDRESS) may take before a one-line error."""
+    max_recoveries: int = 3
+    """Times a run rebuilds its actors from its newest intact checkpoint after the learner or a replay shard dies;
+    the work since that checkpoint is redone. Past it (0: at the first death) the run stops with one line. A dead
+    rollout worker needs none of this: Ray restarts it, losing only its call in flight (docs/RELIABILITY.md)."""
     local_num_cpus: int | None = None
     """CPUs of the embedded local Ray (None: all of this machine's)."""
     object_store_memory: str | None = None
@@ -87,6 +91,8 @@ class ResourcesConfig:
         for name in ("worker_cpus", "learner_cpus", "shard_cpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"resources.{name}={getattr(self, name)} must be >= 0")
+        if self.max_recoveries < 0:
+            raise ConfigError(f"resources.max_recoveries={self.max_recoveries} must be >= 0")
         if self.fit_timeout_s < 0:
             raise ConfigError(f"resources.fit_timeout_s={self.fit_timeout_s} must be >= 0")
         if not self.connect_timeout_s > 0:
@@ -125,6 +131,9 @@ class CheckpointConfig:
     keep_best: bool = True
     """Keep the learner state of the best periodic evaluation as `run_dir/best/ckpt_*` (replacing the previous
     best), so a run whose score peaks and then falls back still keeps, and reports, its best policy."""
+    resume_fallback: bool = False
+    """`--resume auto` when the newest checkpoint is damaged: False stops with one line naming the newest intact
+    one; True resumes from that one (saying which it skipped)."""
 
     def validate(self) -> None:
         if self.every_env_steps < 1:

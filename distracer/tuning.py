@@ -54,7 +54,7 @@ from distracer.errors import ConfigError
 SEARCH_FILE = "distracer_search.json"  # base config + tune settings, beside Tune's own experiment state
 # Keys every report carries (Driver._summary) plus the trainable's own; `learner/<name>` are allowed too.
 REPORTED = (
-    "env_steps", "num_updates", "episodes", "weights_version", "worker_restarts", "eval_return_mean",
+    "env_steps", "num_updates", "episodes", "weights_version", "worker_restarts", "recoveries", "eval_return_mean",
     "eval_return_std", "best_eval_return", "episode_return_mean", "env_steps_per_s", "wall_seconds",
     "replay_ratio", "evaluations", "trial_restarts",
 )

@@ -13,6 +13,7 @@ weights, the learner updates on all of them, then publishes new weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -29,12 +30,19 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distracer.algos import ActionSpec
-from distracer.checkpoint import check_writable_dir, list_checkpoints, load_checkpoint, save_checkpoint
+from distracer.checkpoint import (
+    check_writable_dir,
+    list_checkpoints,
+    load_checkpoint,
+    newest_intact,
+    remove_unfinished_writes,
+    save_checkpoint,
+)
 from distracer.config import TrainConfig, config_from_dict
 from distracer.envs import make_env
 from distracer.errors import ConfigError
@@ -46,6 +54,8 @@ from distracer.runtime.worker import CollectStats, RolloutWorker
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
 OFF_POLICY = ("sac_drq", "dqn")
+PART_DIED = (RayActorError, ObjectLostError)
+"""What a dead actor's calls raise: its own death, or a lost object it owned (weights, a rollout)."""
 
 
 @dataclass
@@ -64,6 +74,7 @@ class Counters:
     last_eval_std: float = float("nan")
     resumes: int = 0
     worker_restarts: int = 0
+    recoveries: int = 0
     recent_returns: list[float] = field(default_factory=list)
 
 
@@ -133,6 +144,8 @@ class Driver:
         if self.checkpoint is not None:
             self._check_resume_compatible()
         self.run_dir = check_writable_dir(config.run_dir)  # before Ray and any actor
+        # Temporary directories of writes a killed run left behind (never sealed, never read).
+        self.removed_tmp = [p for d in ("checkpoints", "best") for p in remove_unfinished_writes(self.run_dir / d)]
         self.stop_requested = threading.Event()
         self.started_ray = False
         self.actors: list[Any] = []
@@ -195,11 +208,22 @@ class Driver:
         self.logger = RunLogger(self.run_dir, cfg, start_steps=self.counters.env_steps,
                                 start_updates=self.counters.num_updates)
         self._set_aside_newer_checkpoints()
+        if self.removed_tmp:
+            self.logger.info(f"distracer: removed {len(self.removed_tmp)} unfinished checkpoint write(s) of a killed "
+                             f"run: {', '.join(p.name for p in self.removed_tmp)}")
         if self.checkpoint is not None:  # a resumed run still owns its best so far
             self.best_checkpoint = ([None] + list_checkpoints(self.run_dir / "best"))[-1]
+        self.capacity = capacity
+        self._build_actors()
+
+    def _build_actors(self) -> None:
+        """Shards (restored from the checkpoint's replay, if any), learner (from its state), workers; then
+        the first weights. Also how a recovery rebuilds the run after a part died."""
+        cfg = self.config
+        gpus = self.gpus
         learner_state = self.checkpoint.learner_state if self.checkpoint else None
         if cfg.algo in OFF_POLICY:
-            self._create_shards(capacity)
+            self._create_shards(self.capacity)
         self.learner = ray.remote(num_cpus=cfg.resources.learner_cpus, num_gpus=gpus,
                                   resources=cfg.resources.learner_resources or None)(LearnerActor).options(
             **self._bundle(1)).remote(
@@ -286,10 +310,12 @@ class Driver:
                 self.next_timed_checkpoint = (math.floor(self.counters.wall_seconds / period) + 1) * period
             self.logger.info(f"distracer: training {self.config.algo} for {self.config.total_env_steps:,} env steps "
                              f"with {self.config.resources.num_workers} worker(s) -> {self.run_dir}")
-            if self.config.algo in OFF_POLICY:
-                self._run_off_policy()
-            else:
-                self._run_on_policy()
+            while True:
+                try:
+                    self._run_off_policy() if self.config.algo in OFF_POLICY else self._run_on_policy()
+                    break
+                except PART_DIED as exc:
+                    self._recover(exc)
             # Training time ends here; the closing evaluation is not part of it (benchmarks plot against it).
             self.training_ended_at = time.time()
             self._finish_eval(block=True)
@@ -302,6 +328,57 @@ class Driver:
         finally:
             self._teardown()
             self._restore_signal_handlers(previous)
+
+    # ----- recovery
+    def _dead_parts(self) -> list[str]:
+        """Names of the actors that no longer answer (a restarting rollout worker answers once it is back)."""
+        named = [("the learner", self.learner)] + [(f"replay shard {i}", s) for i, s in enumerate(self.shards)]
+        named += [(f"rollout worker {i}", w) for i, w in enumerate(self.workers)]
+        dead = []
+        for name, actor in named:
+            try:
+                ray.get(actor.__ray_ready__.remote(), timeout=60)
+            except (RayActorError, ray.exceptions.GetTimeoutError):
+                dead.append(name)
+        return dead
+
+    def _recover(self, exc: BaseException) -> None:
+        """A part died: rebuild every actor from the newest intact checkpoint (the learner with its optimiser and
+        counters, the replay if it was saved) and go on; the work since that checkpoint is redone. Past
+        `resources.max_recoveries` the run stops with one line."""
+        dead = self._dead_parts() or [f"a part of the run ({type(exc).__name__})"]
+        c, limit = self.counters, self.config.resources.max_recoveries
+        newest, _damaged = newest_intact(self.run_dir / "checkpoints")
+        if c.recoveries >= limit:
+            where = f"resume from {newest} with --resume auto" if newest else "no checkpoint was written yet"
+            raise ConfigError(f"{' and '.join(dead)} died after {c.recoveries} recover(ies) "
+                              f"(resources.max_recoveries={limit}); {where}") from None
+        self.logger.info(f"distracer: {' and '.join(dead)} died; rebuilding the run from "
+                         f"{newest.name if newest else 'step 0 (no checkpoint yet)'}; the env steps since are redone")
+        self._kill_actors()
+        carried = {"recoveries": c.recoveries + 1, "worker_restarts": c.worker_restarts}
+        self.checkpoint = load_checkpoint(newest) if newest else None
+        if self.checkpoint is not None:
+            self._check_resume_compatible()  # counters from the checkpoint
+        else:
+            self.counters = Counters(next_eval=self.config.eval.every_env_steps or self.config.total_env_steps,
+                                     next_checkpoint=self.config.checkpoint.every_env_steps, resumes=c.resumes + 1)
+        for name, value in carried.items():  # these count this process's history, which the rollback keeps
+            setattr(self.counters, name, value)
+        self.last_checkpoint, self._saved_progress = newest, None
+        self.eval_ref = self.eval_state = None
+        self.start_time = time.time() - self.counters.wall_seconds
+        if self.next_timed_checkpoint is not None:
+            period = 60 * self.config.checkpoint.every_minutes
+            self.next_timed_checkpoint = (math.floor(self.counters.wall_seconds / period) + 1) * period
+        self.logger.scalar("system/recoveries", self.counters.recoveries, self.counters.env_steps)
+        self._build_actors()
+
+    def _kill_actors(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors, self.workers, self.shards, self.shard_names = [], [], [], []
+        self.restarting.clear()
 
     def _done(self) -> bool:
         cfg = self.config
@@ -347,6 +424,36 @@ class Driver:
             pending[ref] = ("worker", i)
             in_flight[i] += 1
 
+        def finish(ref: ray.ObjectRef) -> None:
+            nonlocal learner_busy, since_publish
+            kind, arg = pending.pop(ref)
+            if kind == "worker":
+                in_flight[arg] -= 1
+                if self._on_worker_done(ref, arg):
+                    sent_version[arg] = -1  # a restarted worker needs the weights again
+                return
+            learner_busy = False
+            metrics = ray.get(ref)
+            since_publish += arg
+            self.counters.num_updates = int(metrics.pop("num_updates"))
+            self.last_metrics = metrics
+            if since_publish >= cfg.resources.weights_every:
+                self.weights_ref = self._publish()
+                since_publish = 0
+
+        def drain() -> None:
+            """Let the work in flight finish and reach the replay: counters, learner and replay are then one
+            consistent moment (what a checkpoint must hold)."""
+            for ref in list(pending):
+                finish(ref)
+            for i, worker in enumerate(self.workers):
+                try:
+                    ray.get(worker.flush.remote())
+                except RayActorError as exc:
+                    if isinstance(exc, RayTaskError):
+                        raise
+                    self._worker_died(i)
+
         while not self._done():
             for i in range(len(self.workers)):
                 while (in_flight[i] < 2 and self._allowed_updates() - self.counters.num_updates <= max_lag
@@ -362,28 +469,10 @@ class Driver:
                 continue
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
-                kind, arg = pending.pop(ref)
-                if kind == "worker":
-                    in_flight[arg] -= 1
-                    if self._on_worker_done(ref, arg):
-                        sent_version[arg] = -1  # a restarted worker needs the weights again
-                else:
-                    learner_busy = False
-                    metrics = ray.get(ref)
-                    since_publish += arg
-                    self.counters.num_updates = int(metrics.pop("num_updates"))
-                    self.last_metrics = metrics
-                    if since_publish >= cfg.resources.weights_every:
-                        self.weights_ref = self._publish()
-                        since_publish = 0
-            self._periodic()
-        # Let in-flight work finish so counters match what the learner and replay hold, then bring the
-        # updates up to the replay ratio for every step collected: the run ends exactly on ratio.
-        for ref, (kind, arg) in list(pending.items()):
-            if kind == "worker":
-                self._on_worker_done(ref, arg)
-            else:
-                self.counters.num_updates = int(ray.get(ref).pop("num_updates"))
+                finish(ref)
+            self._periodic(drain)
+        # Bring the updates up to the replay ratio for every step collected: the run ends exactly on ratio.
+        drain()
         todo = self._allowed_updates() - self.counters.num_updates
         if todo > 0 and not self.stop_requested.is_set():
             metrics = ray.get(self.learner.train.remote(todo))
@@ -401,16 +490,21 @@ class Driver:
         """Count a worker's steps and episodes; True if the worker died (Ray restarts it)."""
         try:
             stats: CollectStats = ray.get(ref)
-        except RayActorError:
-            if index not in self.restarting:  # each call in flight fails; one death is one restart
-                self.restarting.add(index)
-                self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")
-                self.counters.worker_restarts += 1
-                self.logger.scalar("system/worker_restarts", self.counters.worker_restarts, self.counters.env_steps)
+        except RayActorError as exc:
+            if isinstance(exc, RayTaskError):  # the worker lives; a part it calls (its shard) died: recover
+                raise
+            self._worker_died(index)
             return True
         self.restarting.discard(index)
         self._count(stats)
         return False
+
+    def _worker_died(self, index: int) -> None:
+        if index not in self.restarting:  # each call in flight fails; one death is one restart
+            self.restarting.add(index)
+            self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")
+            self.counters.worker_restarts += 1
+            self.logger.scalar("system/worker_restarts", self.counters.worker_restarts, self.counters.env_steps)
 
     def _count(self, stats: CollectStats) -> None:
         self.counters.env_steps += stats.env_steps
@@ -438,24 +532,48 @@ class Driver:
             metrics_ref = self.learner.train_on_rollouts.remote(*[c[0] for c in calls])
             stats_refs = [c[1] for c in calls]
             calls = launch() if lag else None  # lag: with the weights the learner is updating right now
-            for stats in ray.get(stats_refs):
+            collected = self._rollout_stats(stats_refs)
+            if collected is None:  # a worker died: Ray restarts it; the update on its rollout fails, untouched
+                with contextlib.suppress(RayTaskError, *PART_DIED):
+                    ray.get(metrics_ref)
+                continue
+            for stats in collected:
                 self._count(stats)
             metrics = ray.get(metrics_ref)
             self.counters.num_updates = int(metrics.pop("num_updates"))
             self.last_metrics = metrics
             self.weights_ref = self._publish()
             self._periodic()
-        for stats in ray.get([c[1] for c in calls or []]):  # lag: collected, not trained on, counted all the same
-            self._count(stats)
+        for stats in self._rollout_stats([c[1] for c in calls or []]) or []:  # lag: collected, not trained on,
+            self._count(stats)                                                # counted all the same
+
+    def _rollout_stats(self, refs: list[ray.ObjectRef]) -> list[CollectStats] | None:
+        """Each worker's rollout stats, or None when a worker died collecting (counted as one restart; the
+        rollouts of that round are then dropped, uncounted and untrained). Other failures propagate."""
+        out, died = [], False
+        for index, ref in enumerate(refs):
+            try:
+                out.append(ray.get(ref))
+                self.restarting.discard(index)
+            except RayActorError as exc:
+                if isinstance(exc, RayTaskError):
+                    raise
+                self._worker_died(index)
+                died = True
+        return None if died else out
 
     # ------------------------------------------------------------------ periodic work
-    def _periodic(self) -> None:
+    def _periodic(self, drain: Callable[[], None] | None = None) -> None:
+        """Evaluation, checkpoints and the progress line. `drain` (off-policy) settles the work in flight
+        before a checkpoint, so it holds one consistent moment."""
         c = self.counters
         self._finish_eval(block=False)
         if self.config.eval.every_env_steps and c.env_steps >= c.next_eval and self.eval_ref is None:
             self._start_eval()
             c.next_eval += self.config.eval.every_env_steps
         if c.env_steps >= c.next_checkpoint or self._checkpoint_due_by_time():
+            if drain is not None:
+                drain()
             while c.next_checkpoint <= c.env_steps:  # before saving: a resume must not save this step again
                 c.next_checkpoint += self.config.checkpoint.every_env_steps
             self._save()
@@ -560,7 +678,7 @@ class Driver:
         elapsed = max(1e-9, time.time() - self.start_time)
         out = {
             "env_steps": c.env_steps, "num_updates": c.num_updates, "episodes": c.episodes,
-            "weights_version": c.weights_version, "worker_restarts": c.worker_restarts,
+            "weights_version": c.weights_version, "worker_restarts": c.worker_restarts, "recoveries": c.recoveries,
             "eval_return_mean": c.last_eval,
             "eval_return_std": c.last_eval_std, "best_eval_return": c.best_eval,
             "episode_return_mean": float(np.mean(c.recent_returns)) if c.recent_returns else float("nan"),
@@ -607,9 +725,7 @@ class Driver:
             signal.signal(sig, handler)
 
     def _teardown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
-        self.actors.clear()
+        self._kill_actors()
         if hasattr(self, "logger"):
             self.logger.close()
         if self.started_ray:

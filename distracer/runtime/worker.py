@@ -157,6 +157,15 @@ class RolloutWorker:
             self.shard.add.remote(f) for f in (b.flush(self.weights_version) for b in self.builders) if f
         ]
 
+    def flush(self) -> int:
+        """Wait until the fragments pushed so far are in the shard (a checkpoint's consistent moment); returns
+        how many add calls were waited on."""
+        waited = len(self.pending_adds)
+        if self.pending_adds:
+            ray.get(self.pending_adds)
+        self.pending_adds = []
+        return waited
+
     # ----- on-policy (PPO) -----
     def collect_rollout(self, num_steps: int, weights: PolicyWeights) -> tuple[Any, CollectStats]:
         """A fixed-length on-policy rollout with exactly the given weights (synchronous PPO)."""

@@ -1,0 +1,142 @@
+"""Soak: memory of a long laptop-preset run whose replay fills early. Flat after the fill, or a leak.
+
+Runs `distracer train` with tune_configs/<algo>.yaml + tune_configs/laptop.yaml and a small replay budget
+(so the replay is full after a few minutes and every later byte of growth is something else) for --minutes
+of wall-clock, in a session of its own (its embedded Ray's raylet, GCS, workers and actors are all its
+descendants). Every --sample seconds it sums the PSS of that process tree (/proc/PID/smaps_rollup: shared
+pages counted once, as laptop_memory.py does) and reads the replay fill from the run's progress line. Each
+minute's row is that minute's largest sample.
+
+Judged: the growth from the first full minute after the replay filled to the end, in MB per minute (a
+least-squares slope over those minutes) and in all; the target is "flat", i.e. under 1% of the fill-time
+PSS over the rest of the run. Also reported: what the laptop preset can give its replay in 6 GB, i.e. the
+4 GB target less the PSS the run holds beside a full replay (the measured PSS after the fill less the
+replay budget, assuming a full replay holds its budget: the sizing's own rule).
+
+    python benchmarks/soak.py [--algo sac_drq] [--minutes 30] [--replay-budget 16MB] [--out docs/results/soak.csv]
+
+The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import machine_info, print_json_last  # noqa: E402
+from laptop_memory import GB, tree_pss  # noqa: E402
+
+MB = 1e6
+TARGET_BYTES = 4 * GB
+FILL = re.compile(r"replay (\d+)%")
+
+
+def command(algo: str, minutes: float, budget: str, run_dir: Path) -> list[str]:
+    overrides = [f"max_minutes={minutes:g}", "total_env_steps=1000000000", f"replay.ram_budget={budget}",
+                 f"run_dir={run_dir}", "eval.episodes=1", "checkpoint.keep=1"]
+    return ([sys.executable, "-m", "distracer", "train", "-c", f"tune_configs/{algo}.yaml", "-c",
+             "tune_configs/laptop.yaml"] + [x for o in overrides for x in ("--set", o)])
+
+
+def follow_fill(stream, state: dict) -> None:
+    """Read the run's output; keep the newest replay fill (percent) and the whole log."""
+    for line in stream:
+        state["log"].append(line)
+        match = FILL.search(line)
+        if match:
+            state["fill"] = int(match.group(1))
+
+
+def soak(algo: str, minutes: float, budget: str, sample_s: float) -> tuple[list[dict], str, int]:
+    """Rows of (minute, pss_bytes, processes, replay_fill_pct) and the run's log and exit status."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(command(algo, minutes, budget, Path(tmp) / "run"), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        state: dict = {"fill": None, "log": []}
+        reader = threading.Thread(target=follow_fill, args=(proc.stdout, state), daemon=True)
+        reader.start()
+        root, start, rows = psutil.Process(proc.pid), time.time(), {}
+        while proc.poll() is None:
+            pss, count = tree_pss(root)
+            minute = int((time.time() - start) // 60) + 1
+            row = rows.setdefault(minute, {"minute": minute, "pss_bytes": 0, "processes": 0, "replay_fill_pct": None})
+            if pss > row["pss_bytes"]:
+                row["pss_bytes"], row["processes"] = pss, count
+            row["replay_fill_pct"] = state["fill"]
+            time.sleep(sample_s)
+        reader.join(timeout=10)
+        return [rows[m] for m in sorted(rows)], "".join(state["log"]), proc.returncode
+
+
+def judge(rows: list[dict], budget_bytes: int) -> dict:
+    """Growth after the replay filled (the last minute is the closing evaluation and shutdown: left out)."""
+    body = rows[:-1]
+    full = [r for r in body if (r["replay_fill_pct"] or 0) >= 100]
+    if len(full) < 3:
+        return {"filled_at_minute": full[0]["minute"] if full else None, "verdict": "replay did not fill early enough"}
+    minutes = np.array([r["minute"] for r in full], float)
+    pss = np.array([r["pss_bytes"] for r in full], float)
+    slope = float(np.polyfit(minutes, pss, 1)[0])
+    growth = float(pss[-1] - pss[0])
+    overhead = float(np.median(pss)) - budget_bytes
+    return {
+        "filled_at_minute": int(minutes[0]), "pss_at_fill_bytes": float(pss[0]), "pss_end_bytes": float(pss[-1]),
+        "growth_after_fill_bytes": growth, "slope_bytes_per_min": slope,
+        "verdict": "flat" if growth < 0.01 * pss[0] else "grows",
+        "overhead_beside_replay_bytes": overhead,
+        "laptop_replay_budget_bytes": max(0.0, TARGET_BYTES - overhead),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", default="sac_drq", choices=["sac_drq", "dqn"])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--replay-budget", default="16MB", help="small, so the replay fills in the first minutes")
+    parser.add_argument("--sample", type=float, default=5.0, help="seconds between PSS samples")
+    parser.add_argument("--out", default=None, help="CSV of the per-minute rows")
+    args = parser.parse_args()
+    from distracer.replay.sizing import parse_bytes
+
+    info = machine_info()
+    print(f"soak: {info}; {args.algo} laptop preset, replay {args.replay_budget}, {args.minutes:g} min", flush=True)
+    rows, log, status = soak(args.algo, args.minutes, args.replay_budget, args.sample)
+    if status != 0:
+        print(log[-3000:])
+        raise SystemExit(f"soak: the run failed (exit {status})")
+    for r in rows:
+        print(f"minute {r['minute']:3d}  PSS {r['pss_bytes'] / GB:6.3f} GB  {r['processes']:3d} processes  "
+              f"replay {r['replay_fill_pct'] if r['replay_fill_pct'] is not None else '-'}%")
+    verdict = judge(rows, parse_bytes(args.replay_budget))
+    if "slope_bytes_per_min" in verdict:
+        v = verdict
+        print(f"soak: replay full from minute {v['filled_at_minute']}; after it PSS moved "
+              f"{v['growth_after_fill_bytes'] / MB:+.1f} MB ({v['slope_bytes_per_min'] / MB:+.2f} MB/min): "
+              f"{v['verdict']}; beside the replay the run holds {v['overhead_beside_replay_bytes'] / GB:.2f} GB, "
+              f"so a 6 GB laptop (4 GB target) can give the replay {v['laptop_replay_budget_bytes'] / GB:.2f} GB")
+    else:
+        print(f"soak: {verdict['verdict']}")
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    print_json_last({"benchmark": "soak", "machine": {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+                     "algo": args.algo, "minutes": args.minutes, "replay_budget": args.replay_budget,
+                     "rows": rows, **verdict})
+
+
+if __name__ == "__main__":
+    main()
