@@ -62,3 +62,12 @@ def test_exponent_without_a_dot_is_a_number_on_the_command_line():
     # YAML 1.1 reads 1e-3 as a string; a user means the number.
     config = load_config([str(REPO / "tune_configs/sac_drq.yaml")], ["sac_drq.init_alpha=1e-3", "ppo.lr=3e-4"])
     assert config.sac_drq.init_alpha == 1e-3 and config.ppo.lr == 3e-4
+
+
+def test_learner_threads_default_to_the_reserved_cpus_and_refuse_negatives():
+    from distracer.errors import ConfigError
+
+    assert load_config(None, []).learner.threads == 0
+    assert load_config(None, ["learner.threads=2"]).learner.threads == 2
+    with pytest.raises(ConfigError, match="learner.threads=-1"):
+        load_config(None, ["learner.threads=-1"])

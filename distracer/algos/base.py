@@ -52,8 +52,13 @@ class DeviceConfig:
     precision: str = "fp32"
     """'fp32'; 'bf16' or 'fp16' mixed precision on CUDA (fp16 uses a grad scaler); 'auto' picks bf16 where
     the GPU has it, else fp16 on CUDA, fp32 on CPU."""
+    threads: int = 0
+    """Torch CPU threads of the learner process; 0 = `resources.learner_cpus` (at least 1). More than it reserves
+    suits exact synchronous PPO on a CPU, where workers and learner take turns on the same cores."""
 
     def validate(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(f"learner.threads={self.threads} must be >= 0 (0: resources.learner_cpus)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"learner.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -372,6 +372,7 @@ class Driver:
             period = 60 * self.config.checkpoint.every_minutes
             self.next_timed_checkpoint = (math.floor(self.counters.wall_seconds / period) + 1) * period
         self.logger.scalar("system/recoveries", self.counters.recoveries, self.counters.env_steps)
+        self.logger.restart_rates(self.counters.env_steps, self.counters.num_updates)
         self._build_actors()
 
     def _kill_actors(self) -> None:

@@ -28,9 +28,9 @@ def build_learner(config: TrainConfig, obs_shape: tuple[int, int, int], action_s
 class LearnerActor:
     def __init__(self, config: TrainConfig, obs_shape: tuple[int, int, int], action_spec: ActionSpec,
                  shards: list[Any] | None = None, learner_state: dict | None = None, use_gpu: bool = False):
-        torch.set_num_threads(max(1, int(config.resources.learner_cpus)))
+        torch.set_num_threads(config.learner.threads or max(1, int(config.resources.learner_cpus)))
         device = DeviceConfig(config.learner.device if use_gpu or config.learner.device != "auto" else "cpu",
-                              config.learner.precision)
+                              config.learner.precision, config.learner.threads)
         if use_gpu and device.device == "auto":
             device.device = "cuda"
         self.config = config

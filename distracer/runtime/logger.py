@@ -94,6 +94,13 @@ class RunLogger:
         print(line, file=sys.stdout, flush=True)
         self.last_progress = now
 
+    def restart_rates(self, steps: int, updates: int) -> None:
+        """Count rates afresh from here: after a recovery the counters step back to a checkpoint's."""
+        self.samples = deque([(time.time(), steps, updates)])
+        if self.bar is not None:
+            self.bar.reset(total=self.config.total_env_steps)
+            self.bar.update(steps)
+
     def _rates(self, now: float, steps: int, updates: int) -> tuple[float, float]:
         """Env steps/s and updates/s over the last RATE_WINDOW_S (since the start until it is full)."""
         self.samples.append((now, steps, updates))
