@@ -39,7 +39,6 @@ from distracer.checkpoint import (
     check_writable_dir,
     list_checkpoints,
     load_checkpoint,
-    newest_intact,
     remove_unfinished_writes,
     save_checkpoint,
 )
@@ -50,7 +49,7 @@ from distracer.evaluate import EvalResult, evaluate_policy
 from distracer.runtime.learner import LearnerActor
 from distracer.runtime.logger import RunLogger
 from distracer.runtime.ray_setup import check_fit, init_ray, learner_gpus
-from distracer.runtime.worker import CollectStats, RolloutWorker
+from distracer.runtime.worker import CollectStats, MissingWeightsError, RolloutWorker
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
 OFF_POLICY = ("sac_drq", "dqn")
@@ -164,6 +163,9 @@ class Driver:
         self.eval_state: tuple[ray.ObjectRef, dict[str, Any]] | None = None  # learner state + counters at eval
         self.best_checkpoint: Path | None = None
         self.training_ended_at: float | None = None
+        self.recoveries_here = 0  # resources.max_recoveries counts this process's recoveries, not the run's
+        # What a recovery rebuilds from: the newest checkpoint this process wrote, else the one it resumed from.
+        self.recovery_point: Path | None = self.checkpoint.path if self.checkpoint is not None else None
 
     # ------------------------------------------------------------------ setup
     def _check_resume_compatible(self) -> None:
@@ -310,17 +312,25 @@ class Driver:
                 self.next_timed_checkpoint = (math.floor(self.counters.wall_seconds / period) + 1) * period
             self.logger.info(f"distracer: training {self.config.algo} for {self.config.total_env_steps:,} env steps "
                              f"with {self.config.resources.num_workers} worker(s) -> {self.run_dir}")
+            died: BaseException | None = None
             while True:
                 try:
+                    if died is not None:  # inside the try: a part that dies during the rebuild is one more death
+                        self._recover(died)
+                        died = None
                     self._run_off_policy() if self.config.algo in OFF_POLICY else self._run_on_policy()
                     break
                 except PART_DIED as exc:
-                    self._recover(exc)
+                    died = exc
             # Training time ends here; the closing evaluation is not part of it (benchmarks plot against it).
             self.training_ended_at = time.time()
-            self._finish_eval(block=True)
-            self._evaluate_now_if_needed()
-            self._save()
+            try:
+                self._finish_eval(block=True)
+                self._evaluate_now_if_needed()
+                self._save()
+            except PART_DIED as exc:
+                raise ConfigError(f"{self._died_line(exc)} while the run was ending; its training is done; the newest "
+                                  f"checkpoint is {self.recovery_point or 'none'}") from None
             summary = self._summary()
             summary["placement"] = self._placement()
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -342,35 +352,44 @@ class Driver:
                 dead.append(name)
         return dead
 
-    def _recover(self, exc: BaseException) -> None:
-        """A part died: rebuild every actor from the newest intact checkpoint (the learner with its optimiser and
-        counters, the replay if it was saved) and go on; the work since that checkpoint is redone. Past
-        `resources.max_recoveries` the run stops with one line."""
+    def _died_line(self, exc: BaseException) -> str:
         dead = self._dead_parts() or [f"a part of the run ({type(exc).__name__})"]
-        c, limit = self.counters, self.config.resources.max_recoveries
-        newest, _damaged = newest_intact(self.run_dir / "checkpoints")
-        if c.recoveries >= limit:
-            where = f"resume from {newest} with --resume auto" if newest else "no checkpoint was written yet"
-            raise ConfigError(f"{' and '.join(dead)} died after {c.recoveries} recover(ies) "
+        return f"{' and '.join(dead)} died"
+
+    def _recover(self, exc: BaseException) -> None:
+        """A part died: rebuild every actor from this run's newest checkpoint (the learner with its optimiser and
+        counters, the replay if it was saved) and go on; the work since that checkpoint is redone. Past
+        `resources.max_recoveries` in this process the run stops with one line.
+
+        The checkpoint is the newest this process wrote, else the one it resumed from, else none (step 0): never
+        another run's that happens to share the run directory. The wall-clock keeps running (the lost work took
+        real time: `max_minutes` and the timed checkpoints count it)."""
+        what, c, limit = self._died_line(exc), self.counters, self.config.resources.max_recoveries
+        point = self.recovery_point
+        if self.recoveries_here >= limit:
+            where = f"resume from {point} with --resume auto" if point else "no checkpoint was written yet"
+            raise ConfigError(f"{what} after {self.recoveries_here} recover(ies) "
                               f"(resources.max_recoveries={limit}); {where}") from None
-        self.logger.info(f"distracer: {' and '.join(dead)} died; rebuilding the run from "
-                         f"{newest.name if newest else 'step 0 (no checkpoint yet)'}; the env steps since are redone")
+        self.recoveries_here += 1
+        self.logger.info(f"distracer: {what}; rebuilding the run from "
+                         f"{point.name if point else 'step 0 (no checkpoint yet)'}; the env steps since are redone")
         self._kill_actors()
-        carried = {"recoveries": c.recoveries + 1, "worker_restarts": c.worker_restarts}
-        self.checkpoint = load_checkpoint(newest) if newest else None
+        # What the rollback must not undo: how often things died, and the best evaluation (kept in best/).
+        carried = {"recoveries": c.recoveries + 1, "worker_restarts": c.worker_restarts, "best_eval": c.best_eval}
+        wall_seconds = time.time() - self.start_time
+        self.checkpoint = load_checkpoint(point) if point else None
         if self.checkpoint is not None:
             self._check_resume_compatible()  # counters from the checkpoint
         else:
             self.counters = Counters(next_eval=self.config.eval.every_env_steps or self.config.total_env_steps,
                                      next_checkpoint=self.config.checkpoint.every_env_steps, resumes=c.resumes + 1)
-        for name, value in carried.items():  # these count this process's history, which the rollback keeps
+        carried["best_eval"] = max(carried["best_eval"], self.counters.best_eval)
+        for name, value in carried.items():
             setattr(self.counters, name, value)
-        self.last_checkpoint, self._saved_progress = newest, None
+        self.counters.wall_seconds = wall_seconds
+        self.last_checkpoint, self._saved_progress = point, None
         self.eval_ref = self.eval_state = None
-        self.start_time = time.time() - self.counters.wall_seconds
-        if self.next_timed_checkpoint is not None:
-            period = 60 * self.config.checkpoint.every_minutes
-            self.next_timed_checkpoint = (math.floor(self.counters.wall_seconds / period) + 1) * period
+        self.eval_started_at = -1
         self.logger.scalar("system/recoveries", self.counters.recoveries, self.counters.env_steps)
         self.logger.restart_rates(self.counters.env_steps, self.counters.num_updates)
         self._build_actors()
@@ -453,7 +472,8 @@ class Driver:
                 except RayActorError as exc:
                     if isinstance(exc, RayTaskError):
                         raise
-                    self._worker_died(i)
+                    self._worker_died(i, exc)
+                    sent_version[i] = -1  # its restart needs the weights again
 
         while not self._done():
             for i in range(len(self.workers)):
@@ -491,16 +511,21 @@ class Driver:
         """Count a worker's steps and episodes; True if the worker died (Ray restarts it)."""
         try:
             stats: CollectStats = ray.get(ref)
+        except MissingWeightsError:  # it died and came back between two calls: it needs the weights again
+            self._worker_died(index)
+            return True
         except RayActorError as exc:
             if isinstance(exc, RayTaskError):  # the worker lives; a part it calls (its shard) died: recover
                 raise
-            self._worker_died(index)
+            self._worker_died(index, exc)
             return True
         self.restarting.discard(index)
         self._count(stats)
         return False
 
-    def _worker_died(self, index: int) -> None:
+    def _worker_died(self, index: int, exc: BaseException | None = None) -> None:
+        if getattr(exc, "actor_init_failed", False):  # Ray cannot bring it back: waiting would spin forever
+            raise ConfigError(f"rollout worker {index} died and cannot restart ({str(exc).splitlines()[0][:200]})")
         if index not in self.restarting:  # each call in flight fails; one death is one restart
             self.restarting.add(index)
             self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")
@@ -559,7 +584,7 @@ class Driver:
             except RayActorError as exc:
                 if isinstance(exc, RayTaskError):
                     raise
-                self._worker_died(index)
+                self._worker_died(index, exc)
                 died = True
         return None if died else out
 
@@ -650,6 +675,7 @@ class Driver:
         write_replay = self._write_replay if self.config.checkpoint.save_replay and self.shards else None
         self.last_checkpoint = save_checkpoint(self.run_dir / "checkpoints", learner_state, state, c.env_steps,
                                                write_replay, keep=self.config.checkpoint.keep)
+        self.recovery_point = self.last_checkpoint
         self.logger.info(f"distracer: checkpoint {self.last_checkpoint}")
         if self.reporter is not None:
             self.reporter(self._summary(), self.last_checkpoint)

@@ -22,6 +22,11 @@ from distracer.envs import make_env
 from distracer.replay.fragment import FragmentBuilder
 
 
+class MissingWeightsError(RuntimeError):
+    """A collect call without weights reached a worker that holds none: one Ray restarted since it was last
+    handed weights. The driver hands them over with its next call."""
+
+
 @dataclass
 class CollectStats:
     """What a worker tells the driver after a collect call: no sample data, only counts and scores."""
@@ -117,7 +122,7 @@ class RolloutWorker:
         if weights is not None:
             self.set_weights(weights)
         if self.policy is None and not random_actions:
-            raise RuntimeError(f"worker {self.index} has no policy weights yet")
+            raise MissingWeightsError(f"worker {self.index} has no policy weights yet")
         if epsilon is not None and self.policy is not None and hasattr(self.policy, "epsilon"):
             self.policy.epsilon = float(epsilon)
         stats = CollectStats(self.index, 0, weights_version=self.weights_version)
