@@ -376,3 +376,31 @@ def test_target_kl_stops_the_epochs_early():
     assert 1 <= metrics["gradient_steps"] < 4 * 128 / 16
     full = learner_and_rollout(minibatch_size=16)[0].update(rollout)
     assert full["early_stopped"] == 0.0 and full["gradient_steps"] == 4 * 128 / 16
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_decoupled_objective_is_standard_ppo_on_a_fresh_rollout(kind):
+    # No lag: the proximal policy is the behaviour policy, every weight is 1, and the update is PPO's own.
+    standard, rollout = learner_and_rollout(kind)
+    decoupled = learner_and_rollout(kind, decoupled=True)[0]
+    a, b = standard.update(rollout), decoupled.update(rollout)
+    assert b["behaviour_kl"] < 1e-6 and b["is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert a["policy_loss"] == pytest.approx(b["policy_loss"], abs=1e-5)
+    for p, q in zip(standard.policy.parameters(), decoupled.policy.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+
+
+def test_decoupled_objective_measures_this_update_not_the_lag():
+    # A stale rollout (collected before one update): standard PPO's first ratios already count that update,
+    # so approx_kl and target_kl see the lag; decoupled, they see only this update's own steps, and the
+    # importance weights pi_prox / pi_behaviour are truncated at is_weight_clip.
+    learner, stale = learner_and_rollout("continuous", decoupled=True, is_weight_clip=1.0, lr=3e-3)
+    learner.update(stale)  # the policy moves on; `stale` is now one version behind
+    snapshot = learner.state_dict()
+    decoupled = learner.update(stale)
+    assert decoupled["behaviour_kl"] > 0 and decoupled["is_weight_mean"] <= 1.0
+    learner.load_state_dict(snapshot)
+    learner.config.decoupled = False
+    standard = learner.update(stale)
+    assert "behaviour_kl" not in standard
+    assert standard["approx_kl"] > decoupled["approx_kl"]

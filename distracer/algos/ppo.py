@@ -119,6 +119,17 @@ class PPOConfig:
     """0: exact synchronous PPO (workers wait while the learner updates). 1: workers collect the next rollout
     with the previous weights during the update, so collection and learning overlap (about twice the
     throughput with one worker and the learner on two cores); each rollout is then one version stale."""
+    decoupled: bool = False
+    """Decoupled PPO objective (Hilton, Cobbe & Schulman 2022, "Batch size-invariance for policy optimization"):
+    clip the ratio against the *proximal* policy (the learner's policy when the update starts) instead of the
+    behaviour policy that collected the rollout, and weight each sample by pi_prox / pi_behaviour, truncated at
+    `is_weight_clip`. With `policy_lag: 1` the rollout is one version stale, so standard PPO starts with ratios
+    far from 1 and its approx_kl (and target_kl) counts the lag; decoupled, both measure this update alone.
+    Identical to standard PPO when the rollout comes from the current weights (no lag); costs one forward pass
+    over the rollout per update."""
+    is_weight_clip: float = 1.0
+    """Upper bound of the decoupled objective's importance weight pi_prox / pi_behaviour (V-trace's rho-bar, 1 in
+    IMPALA): a stale sample never counts more than a fresh one."""
     channels_last: bool = True
     """Run the CNN in channels-last (NHWC) memory layout: faster convolutions on CPU (oneDNN), the usual layout
     for GPU tensor cores. Workers' policies use the same layout, so their log-probs match the learner's."""
@@ -160,6 +171,8 @@ class PPOConfig:
                 raise ConfigError(f"ppo.{name}={list(getattr(self, name))}: every layer width must be >= 1")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"ppo.activation={self.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+        if not self.is_weight_clip > 0:
+            raise ConfigError(f"ppo.is_weight_clip={self.is_weight_clip} must be > 0")
         if self.policy_lag not in (0, 1):
             raise ConfigError(f"ppo.policy_lag={self.policy_lag} must be 0 (synchronous) or 1 (overlapped)")
         if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
@@ -785,6 +798,18 @@ class PPOLearner(Learner):
         self.reward_normalizer.load_state_dict(snap["reward_normalizer"])
         self.np_rng.bit_generator.state = snap["np_rng"]
 
+    @torch.no_grad()
+    def _proximal_logprob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Log-probs of the rollout's actions under the policy as it is now, before this update's steps."""
+        self.policy.eval()
+        chunks = []
+        for start in range(0, len(obs), 4 * self.config.minibatch_size):
+            end = start + 4 * self.config.minibatch_size
+            with self.autocast():
+                head, _ = self.policy(obs[start:end])
+            chunks.append(self.policy.log_prob_entropy(head, actions[start:end])[0].float())
+        return torch.cat(chunks)
+
     def update(self, batch: Rollout | dict[str, Any]) -> dict[str, float]:
         """One PPO update (n_epochs of minibatch steps) from one rollout; returns metrics as floats.
 
@@ -831,6 +856,9 @@ class PPOLearner(Learner):
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # The policy the ratio is clipped against: the behaviour policy (standard PPO) or, decoupled, this one.
+        prox_logprob = self._proximal_logprob(obs, actions) if cfg.decoupled else old_logprob
+        is_weight = (prox_logprob - old_logprob).exp().clamp(max=cfg.is_weight_clip) if cfg.decoupled else None
         self.policy.train()
         params = list(self.policy.parameters())
         names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "loss")
@@ -850,9 +878,10 @@ class PPOLearner(Learner):
                 adv = adv_all[idx]
                 if cfg.normalize_advantage and len(idx) > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                log_ratio = logprob - old_logprob[idx]
+                log_ratio = logprob - prox_logprob[idx]
                 ratio = log_ratio.exp()
-                policy_loss = -torch.min(adv * ratio, adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
+                surrogate = torch.min(adv * ratio, adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
+                policy_loss = -(surrogate if is_weight is None else is_weight[idx] * surrogate).mean()
                 if cfg.clip_range_vf is None:
                     values_pred = values
                 else:
@@ -906,6 +935,10 @@ class PPOLearner(Learner):
         })
         if cfg.normalize_reward:
             metrics["reward_scale"] = self.reward_normalizer.scale
+        if is_weight is not None:  # how stale the rollout was: KL(behaviour || proximal) and the weights it gave
+            log_w = (prox_logprob - old_logprob).double()
+            metrics["behaviour_kl"] = float(((log_w.exp() - 1) - log_w).mean())
+            metrics["is_weight_mean"] = float(is_weight.mean())
         if self.policy.continuous:
             metrics["std"] = self.policy.action_std(head)  # of the last minibatch: the exploration scale
         return metrics
