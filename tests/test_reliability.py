@@ -105,7 +105,7 @@ def test_a_killed_ppo_worker_costs_one_rollout_not_the_run(ray_local, tmp_path):
 
 
 def test_every_checkpoint_is_one_consistent_moment(ray_local, tmp_path):
-    config = small_config(tmp_path, "sac_drq", "total_env_steps=400", "checkpoint.every_env_steps=48",
+    config = small_config(tmp_path, "sac_drq", "total_env_steps=256", "checkpoint.every_env_steps=48",
                           "checkpoint.save_replay=true", "checkpoint.keep=100", "resources.num_workers=2",
                           "replay.num_shards=2")
     Driver(config, handle_signals=False).run()
@@ -115,11 +115,11 @@ def test_every_checkpoint_is_one_consistent_moment(ray_local, tmp_path):
         assert_consistent(ckpt)
 
 
-def test_unfinished_writes_of_a_killed_run_are_removed_at_start(ray_local, tmp_path):
+def test_unfinished_writes_of_a_killed_run_are_removed_at_start(tmp_path):
     leftover = tmp_path / "dqn" / "checkpoints" / ".ckpt_000000000096.tmp-999999999-1"
     (leftover / "replay").mkdir(parents=True)
-    Driver(small_config(tmp_path, "dqn", "total_env_steps=64"), handle_signals=False).run()
-    assert not leftover.exists()
+    driver = Driver(small_config(tmp_path, "dqn", "total_env_steps=64"), handle_signals=False)  # before Ray starts
+    assert not leftover.exists() and driver.removed_tmp == [leftover]
 
 
 @pytest.mark.slow  # three real runs killed at random moments and resumed: ~2 min

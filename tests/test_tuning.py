@@ -174,8 +174,10 @@ def _learner_pid() -> int | None:
 
 def test_failed_trial_restarts_from_its_checkpoint_and_resume(ray_local, tmp_path):
     """A trial whose learner is SIGKILLed fails; `Tuner.restore(resume_errored=True)` (distracer tune --resume)
-    restarts it from its newest Tune checkpoint, and it finishes with its counters continued."""
-    search = search_for(tmp_path, "tune.seeds=[1]", "total_env_steps=320", "tune.scheduler=none")
+    restarts it from its newest Tune checkpoint, and it finishes with its counters continued. The run's own
+    recovery is off here (max_recoveries=0), so the death reaches Tune; test_reliability.py tests that recovery."""
+    search = search_for(tmp_path, "tune.seeds=[1]", "total_env_steps=320", "tune.scheduler=none",
+                        "resources.max_recoveries=0")
     killed: list[int] = []
 
     def kill_after_first_checkpoint() -> None:
