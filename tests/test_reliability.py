@@ -65,9 +65,9 @@ def assert_consistent(ckpt) -> None:
         assert replay_transitions(ckpt) == counters["env_steps"]  # the runs here stay within capacity
 
 
-# The shard case runs by default (its death reaches the driver through the learner's and workers' calls); the
-# learner case, like the other long ones here, with `make test-slow`.
-@pytest.mark.parametrize("part", [pytest.param("learner", marks=pytest.mark.slow), "shard"])
+# ~1 min each: with `make test-slow`, to keep the default suite under 15 minutes (measured 15+ with them).
+@pytest.mark.slow
+@pytest.mark.parametrize("part", ["learner", "shard"])
 def test_a_killed_learner_or_shard_rebuilds_the_run_from_its_newest_checkpoint(ray_local, tmp_path, part):
     config = small_config(tmp_path, "dqn", "total_env_steps=320", "checkpoint.every_env_steps=96",
                           "checkpoint.save_replay=true", "checkpoint.keep=10")
@@ -104,6 +104,7 @@ def test_a_killed_ppo_worker_costs_one_rollout_not_the_run(ray_local, tmp_path):
     assert summary["env_steps"] == summary["num_updates"] * rollout  # the lost round was neither counted nor trained
 
 
+@pytest.mark.slow
 def test_every_checkpoint_is_one_consistent_moment(ray_local, tmp_path):
     config = small_config(tmp_path, "sac_drq", "total_env_steps=256", "checkpoint.every_env_steps=48",
                           "checkpoint.save_replay=true", "checkpoint.keep=100", "resources.num_workers=2",
