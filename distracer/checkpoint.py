@@ -33,6 +33,8 @@ MANIFEST = "MANIFEST.json"
 LEARNER_FILE = "learner.pt"
 STATE_FILE = "state.json"
 PREFIX = "ckpt_"
+TMP_MARK = ".tmp-"
+"""A checkpoint is written as `.<name>.tmp-<pid>-<ns>` beside its final place, then renamed into it."""
 
 
 @dataclass
@@ -84,7 +86,7 @@ def save_checkpoint(
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / _checkpoint_name(root, step)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    tmp = root / f".{final.name}{TMP_MARK}{os.getpid()}-{time.monotonic_ns()}"
     try:
         tmp.mkdir()
         torch.save(learner_state, tmp / LEARNER_FILE)
@@ -169,7 +171,7 @@ def unfinished_writes(ckpt_root: str | Path) -> list[Path]:
     root = Path(ckpt_root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f".{PREFIX}") and ".tmp-" in p.name)
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f".{PREFIX}") and TMP_MARK in p.name)
 
 
 def remove_unfinished_writes(ckpt_root: str | Path) -> list[Path]:
@@ -177,7 +179,7 @@ def remove_unfinished_writes(ckpt_root: str | Path) -> list[Path]:
     them. A write still in progress (its pid alive, e.g. another run on this directory) is left alone."""
     removed = []
     for tmp in unfinished_writes(ckpt_root):
-        pid = tmp.name.split(".tmp-", 1)[1].split("-", 1)[0]
+        pid = tmp.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
             continue
         shutil.rmtree(tmp, ignore_errors=True)

@@ -137,8 +137,7 @@ class Driver:
         self.config = config
         self.reporter = reporter
         self.handle_signals = handle_signals
-        self.counters = Counters(next_eval=config.eval.every_env_steps or config.total_env_steps,
-                                 next_checkpoint=config.checkpoint.every_env_steps)
+        self.counters = self._fresh_counters()
         self.checkpoint = load_checkpoint(resume) if resume else None
         if self.checkpoint is not None:
             self._check_resume_compatible()
@@ -166,6 +165,12 @@ class Driver:
         self.recoveries_here = 0  # resources.max_recoveries counts this process's recoveries, not the run's
         # What a recovery rebuilds from: the newest checkpoint this process wrote, else the one it resumed from.
         self.recovery_point: Path | None = self.checkpoint.path if self.checkpoint is not None else None
+
+    def _fresh_counters(self, resumes: int = 0) -> Counters:
+        """The counters of a run at step 0 (a new run, or a recovery before its first checkpoint)."""
+        cfg = self.config
+        return Counters(next_eval=cfg.eval.every_env_steps or cfg.total_env_steps,
+                        next_checkpoint=cfg.checkpoint.every_env_steps, resumes=resumes)
 
     # ------------------------------------------------------------------ setup
     def _check_resume_compatible(self) -> None:
@@ -381,8 +386,7 @@ class Driver:
         if self.checkpoint is not None:
             self._check_resume_compatible()  # counters from the checkpoint
         else:
-            self.counters = Counters(next_eval=self.config.eval.every_env_steps or self.config.total_env_steps,
-                                     next_checkpoint=self.config.checkpoint.every_env_steps, resumes=c.resumes + 1)
+            self.counters = self._fresh_counters(resumes=c.resumes + 1)
         carried["best_eval"] = max(carried["best_eval"], self.counters.best_eval)
         for name, value in carried.items():
             setattr(self.counters, name, value)
