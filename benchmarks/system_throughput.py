@@ -47,7 +47,7 @@ def system_env_speed(config, workers: int, seconds: float) -> float:
     import ray
 
     from distracer.replay.shard import ReplayShardImpl
-    from distracer.runtime.driver import probe_spaces
+    from distracer.runtime.actors import probe_spaces
     from distracer.runtime.worker import RolloutWorker
 
     obs_shape, spec = probe_spaces(config)
@@ -88,7 +88,7 @@ def fake_batch(obs_shape, batch_size: int, rng: np.random.Generator) -> dict:
 def bare_update_speed(config, updates: int) -> float:
     import torch
 
-    from distracer.runtime.driver import probe_spaces
+    from distracer.runtime.actors import probe_spaces
     from distracer.runtime.learner import build_learner
 
     torch.set_num_threads(1)
@@ -109,7 +109,7 @@ def system_update_speed(config, updates: int) -> float:
     import ray
 
     from distracer.replay.shard import ReplayShardImpl
-    from distracer.runtime.driver import probe_spaces
+    from distracer.runtime.actors import probe_spaces
     from distracer.runtime.learner import LearnerActor
     from distracer.runtime.worker import RolloutWorker
 

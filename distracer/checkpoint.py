@@ -258,16 +258,28 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"checkpoint {str(path)!r}: {STATE_FILE} is not valid JSON ({exc})"[:300]) from None
+    if not isinstance(state, dict) or not isinstance(state.get("counters", {}), dict):
+        raise ConfigError(f"checkpoint {str(path)!r}: {STATE_FILE} does not hold a distracer state (counters, config)")
+    return state
+
+
+def read_counters(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's counters (env_steps, resumes, ...), verified, without loading its tensors."""
+    path = resolve_checkpoint(path)
+    verify_checkpoint(path)
+    return _read_state(path).get("counters", {})
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     """Verify and load a checkpoint directory (or a run directory: its newest checkpoint)."""
     path = resolve_checkpoint(path)
     verify_checkpoint(path)
-    try:
-        state = json.loads((path / STATE_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"checkpoint {str(path)!r}: {STATE_FILE} is not valid JSON ({exc})"[:300]) from None
-    if not isinstance(state, dict) or not isinstance(state.get("counters", {}), dict):
-        raise ConfigError(f"checkpoint {str(path)!r}: {STATE_FILE} does not hold a distracer state (counters, config)")
+    state = _read_state(path)
     try:
         learner_state = torch.load(path / LEARNER_FILE, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad files; the user needs one line

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from distracer.algos import ALGOS, config_class
+from distracer.algos import ALGOS, config_class, spec
 from distracer.algos.base import DeviceConfig
 from distracer.envs.config import EnvConfig
 from distracer.errors import ConfigError
@@ -186,20 +186,13 @@ class TrainConfig:
             raise ConfigError(f"seed={self.seed} must be in [0, eval.seed={self.eval.seed}) so eval tracks stay unseen")
         for section in (self.env, self.learner, self.resources, self.replay, self.eval, self.checkpoint):
             section.validate()
-        if self.algo == "dqn" and self.dqn.exploration_horizon == 0:
-            self.dqn.exploration_horizon = self.total_env_steps  # epsilon decays over this run's budget
-        if self.algo == "ppo":
-            # PPO's env count is what the resources run; one source of truth.
-            self.ppo.num_envs = self.resources.num_workers * self.resources.envs_per_worker
-        if self.algo == "ppo" and self.ppo.total_updates == 0:
-            # The schedule's horizon follows the run's step budget unless set explicitly.
-            self.ppo.total_updates = self.ppo.updates_for(self.total_env_steps)
+        algo = spec(self.algo)
+        self.algo_config.derive(self.total_env_steps, self.resources.num_workers * self.resources.envs_per_worker)
         self.algo_config.validate()
-        if self.algo == "dqn" and self.env.action_space != "discrete":
-            raise ConfigError("algo=dqn needs discrete actions; set env.action_space=discrete")
-        if self.algo == "sac_drq" and self.env.action_space != "continuous":
-            raise ConfigError("algo=sac_drq needs continuous actions; set env.action_space=continuous")
-        if self.algo != "ppo" and self.replay.num_shards > self.resources.num_workers:
+        if algo.action_space is not None and self.env.action_space != algo.action_space:
+            raise ConfigError(f"algo={self.algo} needs {algo.action_space} actions; "
+                              f"set env.action_space={algo.action_space}")
+        if algo.off_policy and self.replay.num_shards > self.resources.num_workers:
             raise ConfigError(f"replay.num_shards={self.replay.num_shards} exceeds resources.num_workers="
                               f"{self.resources.num_workers}; each shard needs a worker writing to it")
         if self.env.channel_order != "first":

@@ -18,7 +18,7 @@ A search is a training config (tune_configs/*.yaml) plus a `tune:` section::
       max_failures: 2                 # a failed trial restarts from its last checkpoint
 
 Each trial is one `distracer.runtime.driver.Driver` run inside a Tune function trainable. The trial's
-placement group holds one bundle per process the driver starts (`driver.bundle_layout`) and the driver
+placement group holds one bundle per process the driver starts (`runtime.actors.bundle_layout`) and the driver
 pins each actor to its bundle, so a trial starts only when all of it fits and then never waits.
 Everything Tune-facing is imported from `ray.tune` (`ray.train.report` inside Tune fails the trial).
 """
@@ -40,6 +40,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.stopper import CombinedStopper, TimeoutStopper, TrialPlateauStopper
 
+from distracer.checkpoint import read_counters
 from distracer.config import (
     TrainConfig,
     apply_dict,
@@ -50,14 +51,11 @@ from distracer.config import (
     read_yaml,
 )
 from distracer.errors import ConfigError
+from distracer.runtime.report import METRICS, RunReport
 
 SEARCH_FILE = "distracer_search.json"  # base config + tune settings, beside Tune's own experiment state
-# Keys every report carries (Driver._summary) plus the trainable's own; `learner/<name>` are allowed too.
-REPORTED = (
-    "env_steps", "num_updates", "episodes", "weights_version", "worker_restarts", "recoveries", "eval_return_mean",
-    "eval_return_std", "best_eval_return", "episode_return_mean", "env_steps_per_s", "wall_seconds",
-    "replay_ratio", "evaluations", "trial_restarts",
-)
+# What every report carries (runtime.report.RunReport) plus the trainable's own; `learner/<name>` are allowed too.
+REPORTED = (*METRICS, "evaluations", "trial_restarts")
 DIM_TYPES = ("loguniform", "uniform", "choice", "randint", "grid")
 
 
@@ -377,17 +375,13 @@ def _draw(dim: SearchDim, rng: random.Random) -> Any:
 # The trainable
 
 
-def _scalar_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-
-
 def run_trial(sampled: dict[str, Any], search: Search) -> None:
     """Tune function trainable: one Driver run, reporting after each evaluation and checkpoint.
 
     A restarted trial (FailureConfig, or `--resume` of an interrupted experiment) continues from the
     newest checkpoint Tune holds for it: a distracer checkpoint directory, copied by Tune.
     """
-    from distracer.runtime.driver import train
+    from distracer.runtime.driver import Driver
 
     config = trial_config(search, sampled, run_dir=_trial_run_dir(search))
     # The driver's own checkpoints are scratch (Tune keeps copies). Clear those of an earlier attempt of
@@ -398,32 +392,34 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
     restarts = 0  # times this trial was started again from a checkpoint (counted in the checkpoint itself)
     last_was_evaluation = False
 
-    def reporter(summary: dict[str, Any], checkpoint: Path | None) -> None:
+    def metrics(report: RunReport, new_evaluation: bool) -> dict[str, Any]:
+        return {**report.metrics(), "evaluations": evaluations, "trial_restarts": restarts,
+                "new_evaluation": new_evaluation}
+
+    def reporter(report: RunReport) -> None:
         nonlocal evaluations, last_was_evaluation
-        last_was_evaluation = checkpoint is None  # the driver reports evaluations without a checkpoint
+        last_was_evaluation = report.kind == "evaluation"
         evaluations += last_was_evaluation
-        metrics = _scalar_metrics(summary)
-        metrics.update(evaluations=evaluations, trial_restarts=restarts, new_evaluation=last_was_evaluation)
-        if checkpoint is None:
-            tune.report(metrics)
+        if report.kind == "checkpoint":
+            tune.report(metrics(report, False), checkpoint=tune.Checkpoint.from_directory(report.checkpoint))
         else:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+            tune.report(metrics(report, last_was_evaluation))
 
     def run(resume: str | None) -> None:
-        summary = train(config, resume=resume, reporter=reporter, handle_signals=False)
-        if last_was_evaluation and summary.get("checkpoint"):
+        driver = Driver(config, resume=resume, reporter=reporter, handle_signals=False, in_trial=True)
+        driver.run()
+        final = driver.final_report
+        if last_was_evaluation and final is not None and final.checkpoint:
             # The driver's final checkpoint was written (and reported, unscored) just before the final
             # evaluation of the same weights: report it again with that score, so checkpoints are ranked right.
-            metrics = _scalar_metrics(summary)
-            metrics.update(evaluations=evaluations, trial_restarts=restarts, new_evaluation=False)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(summary["checkpoint"]))
+            tune.report(metrics(final, False), checkpoint=tune.Checkpoint.from_directory(final.checkpoint))
 
     restored = tune.get_checkpoint()
     if restored is None:
         run(None)
         return
     with restored.as_directory() as ckpt_dir:  # kept open for the whole run: a saved replay is read at setup
-        restarts = json.loads((Path(ckpt_dir) / "state.json").read_text())["counters"].get("resumes", 0) + 1
+        restarts = read_counters(ckpt_dir).get("resumes", 0) + 1
         run(ckpt_dir)
 
 
@@ -438,8 +434,8 @@ def _trial_run_dir(search: Search) -> str:
 
 
 def trial_resources(search: Search, sampled: dict[str, Any]) -> Any:
-    """One placement group per trial: the driver, the learner, each worker, each shard (driver.bundle_layout)."""
-    from distracer.runtime.driver import bundle_layout
+    """One placement group per trial: the driver, the learner, each worker, each shard (actors.bundle_layout)."""
+    from distracer.runtime.actors import bundle_layout
 
     config = trial_config(search, sampled)
     return tune.PlacementGroupFactory(bundle_layout(config, config.resources.learner_gpus), strategy="PACK")
@@ -556,7 +552,7 @@ def check_fits_cluster(search: Search) -> None:
 
     if search.settings.wait_for_resources:
         return
-    from distracer.runtime.driver import bundle_layout
+    from distracer.runtime.actors import bundle_layout
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     total = ray.cluster_resources()

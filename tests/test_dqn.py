@@ -164,8 +164,8 @@ def test_apex_epsilons():
     assert apex_epsilons(1) == [0.4]
     assert apex_epsilons(3, base=0.5, alpha=2) == pytest.approx([0.5, 0.25, 0.125])
     learner = make(per_worker_epsilon=True)
-    assert learner.worker_epsilon(2, 8, env_steps=0) == pytest.approx(eps[2])
-    assert make().worker_epsilon(2, 8, env_steps=0) == pytest.approx(1.0)
+    assert learner.config.worker_epsilon(0, 2, 8) == pytest.approx(eps[2])
+    assert make().config.worker_epsilon(0, 2, 8) == pytest.approx(1.0)
 
 
 def test_epsilon_greedy_exploration_is_seeded_and_settable():

@@ -65,7 +65,7 @@ def test_a_run_that_does_not_fit_is_refused_before_its_actors_start(ray_local):
     # ray_local has 4 CPUs; 4 workers of 1 CPU plus the learner and a shard do not fit, and an already
     # started local Ray is not autoscaling: after fit_timeout_s (here 0) it is one line.
     from distracer.config import load_config
-    from distracer.runtime.driver import actor_resources
+    from distracer.runtime.actors import actor_resources
     from distracer.runtime.ray_setup import check_fit
 
     config = load_config([str(Path(__file__).resolve().parents[1] / "tune_configs" / "dqn.yaml")],

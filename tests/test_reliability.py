@@ -26,8 +26,8 @@ def kill_once(target):
     """A reporter that SIGKILLs `target(driver)`'s process at the run's first checkpoint."""
     killed: list[int] = []
 
-    def reporter(summary, checkpoint):
-        if checkpoint is not None and not killed:
+    def reporter(report):
+        if report.kind == "checkpoint" and not killed:
             pid = pid_of(target(reporter.driver))
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -71,7 +71,7 @@ def assert_consistent(ckpt) -> None:
 def test_a_killed_learner_or_shard_rebuilds_the_run_from_its_newest_checkpoint(ray_local, tmp_path, part):
     config = small_config(tmp_path, "dqn", "total_env_steps=320", "checkpoint.every_env_steps=96",
                           "checkpoint.save_replay=true", "checkpoint.keep=10")
-    reporter = kill_once(lambda d: d.learner if part == "learner" else d.shards[0])
+    reporter = kill_once(lambda d: d.actors.learner if part == "learner" else d.actors.shards[0])
     summary = run_with(config, reporter)
     assert reporter.killed
     assert summary["recoveries"] == 1 and summary["worker_restarts"] == 0
@@ -86,7 +86,7 @@ def test_a_killed_learner_or_shard_rebuilds_the_run_from_its_newest_checkpoint(r
 def test_when_recoveries_are_used_up_the_run_stops_with_one_line(ray_local, tmp_path):
     config = small_config(tmp_path, "dqn", "total_env_steps=320", "checkpoint.every_env_steps=96",
                           "resources.max_recoveries=0")
-    reporter = kill_once(lambda d: d.learner)
+    reporter = kill_once(lambda d: d.actors.learner)
     with pytest.raises(ConfigError, match=r"the learner died after 0 recover\(ies\) .*--resume auto") as info:
         run_with(config, reporter)
     assert "\n" not in str(info.value)
@@ -96,7 +96,7 @@ def test_when_recoveries_are_used_up_the_run_stops_with_one_line(ray_local, tmp_
 @pytest.mark.slow
 def test_a_killed_ppo_worker_costs_one_rollout_not_the_run(ray_local, tmp_path):
     config = small_config(tmp_path, "ppo", "total_env_steps=320", "checkpoint.every_env_steps=64")
-    reporter = kill_once(lambda d: d.workers[0])
+    reporter = kill_once(lambda d: d.actors.workers[0])
     summary = run_with(config, reporter)
     assert reporter.killed
     assert summary["worker_restarts"] == 1 and summary["recoveries"] == 0

@@ -64,9 +64,9 @@ def test_killed_worker_is_replaced(ray_local, tmp_path):
     config = small_config(tmp_path, "sac_drq", "total_env_steps=400", "checkpoint.every_env_steps=96")
     killed = []
 
-    def kill_a_worker(summary, checkpoint):
-        if checkpoint is not None and not killed:
-            pid = ray.get(driver.workers[0].pid.remote())
+    def kill_a_worker(report):
+        if report.kind == "checkpoint" and not killed:
+            pid = ray.get(driver.actors.workers[0].pid.remote())
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 

@@ -11,7 +11,7 @@ import contextlib
 import copy
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -43,6 +43,16 @@ class ActionSpec:
         if hasattr(space, "n"):
             return ActionSpec("discrete", int(space.n))
         return ActionSpec("continuous", int(np.prod(space.shape)))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One action as stored: () for a discrete index, (n,) for continuous controls."""
+        return () if self.kind == "discrete" else (self.n,)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """int64 for a discrete index, float32 for continuous controls."""
+        return np.dtype(np.int64 if self.kind == "discrete" else np.float32)
 
 
 @dataclass
@@ -97,12 +107,34 @@ class PolicyWeights:
     spec: dict[str, Any] = field(default_factory=dict)
 
 
+class OffPolicyConfig(Protocol):
+    """What the runtime reads from the config of an off-policy algorithm (`AlgoSpec.off_policy`): the replay
+    layout and the rate limit. SACConfig and DQNConfig have these fields; a new off-policy algorithm needs them."""
+
+    batch_size: int
+    """Transitions per update, sampled from the replay."""
+    gamma: float
+    """Discount the replay folds into each sample's n-step `discount`."""
+    n_step: int
+    """Steps in the n-step return the replay builds."""
+    updates_per_step: float
+    """The replay ratio: gradient updates per env step, held by the runtime."""
+    learning_starts: int
+    """Env steps collected (random actions on a fresh run) before the first update."""
+
+    def worker_epsilon(self, env_steps: int, worker_index: int, num_workers: int) -> float | None:
+        """Epsilon-greedy rate of one rollout worker at `env_steps`, or None for the policy's own exploration."""
+
+
 class Policy(nn.Module, abc.ABC):
     """The acting part of an algorithm, run by rollout workers and evaluation on CPU or GPU."""
 
     @abc.abstractmethod
     def act(self, obs: torch.Tensor, explore: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 (B, C, H, W) -> actions (B, dim) float or (B,) long, and extras (e.g. PPO log-prob, value)."""
+
+    def set_seed(self, seed: int) -> None:  # noqa: B027 - optional hook
+        """Seed the exploration noise of this copy (each rollout worker's differs, reproducibly)."""
 
 
 class Learner(abc.ABC):

@@ -107,6 +107,11 @@ class DQNConfig:
         need(self.apex_alpha >= 0, "apex_alpha", ">= 0")
         need(self.augment_pad >= 0, "augment_pad", ">= 0")
 
+    def derive(self, total_env_steps: int, num_envs: int) -> None:
+        """Epsilon decays over this run's step budget unless `exploration_horizon` is set."""
+        if self.exploration_horizon == 0:
+            self.exploration_horizon = total_env_steps
+
     @property
     def decay_steps(self) -> int:
         """Env steps over which epsilon goes from eps_start to eps_end."""
@@ -173,7 +178,7 @@ class QNetwork(nn.Module):
 class DQNPolicy(Policy):
     """Epsilon-greedy over the Q network; what rollout workers hold.
 
-    `epsilon` is a plain attribute the runtime sets on each worker (from `DQNLearner.worker_epsilon`);
+    `epsilon` is a plain attribute the runtime sets on each worker (from `DQNConfig.worker_epsilon`);
     exploration draws come from the policy's own seeded CPU generator (`set_seed` per worker).
     """
 
@@ -282,10 +287,6 @@ class DQNLearner(Learner):
         """The decayed epsilon at `env_steps` total environment steps."""
         c = self.config
         return epsilon_at(env_steps, c.eps_start, c.eps_end, c.decay_steps)
-
-    def worker_epsilon(self, worker_index: int, num_workers: int, env_steps: int) -> float:
-        """Epsilon for rollout worker `worker_index` of `num_workers`: Ape-X fixed or the shared decay."""
-        return self.config.worker_epsilon(env_steps, worker_index, num_workers)
 
     # ----- learning -----
     def _check_batch(self, batch: dict[str, np.ndarray]) -> None:

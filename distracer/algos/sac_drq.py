@@ -95,6 +95,13 @@ class SACConfig:
     """run the CNN in channels-last (NHWC) memory layout: faster convolutions on CPU (oneDNN, ~20% here) and
     on GPU tensor cores; workers' policies use the same layout so their actions match the learner's"""
 
+    def derive(self, total_env_steps: int, num_envs: int) -> None:
+        """Settings that follow from the run: none for SAC+DrQ."""
+
+    def worker_epsilon(self, env_steps: int, worker_index: int, num_workers: int) -> float | None:
+        """None: SAC explores through its own stochastic policy, not epsilon-greedy."""
+        return None
+
     def validate(self) -> None:
         positive_int = ("batch_size", "feature_dim", "hidden_dim", "n_step", "actor_update_every",
                         "target_update_every")

@@ -14,7 +14,7 @@ import numpy as np
 import ray
 import torch
 
-from distracer.algos import ActionSpec, make_learner
+from distracer.algos import ActionSpec, make_learner, spec
 from distracer.algos.base import DeviceConfig, Learner
 from distracer.config import TrainConfig
 
@@ -38,7 +38,7 @@ class LearnerActor:
         if learner_state is not None:
             self.learner.load_state_dict(learner_state)
         self.shards = shards or []
-        self.batch_size = getattr(config.algo_config, "batch_size", 0)
+        self.batch_size = config.algo_config.batch_size if spec(config.algo).off_policy else 0
         self.inflight: deque[ray.ObjectRef] = deque()
         self.shard_rng = np.random.default_rng(config.seed)
         self.shard_weights: np.ndarray | None = None

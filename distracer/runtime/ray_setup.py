@@ -28,7 +28,7 @@ def init_ray(resources: ResourcesConfig) -> bool:
     """
     if ray.is_initialized():
         return False
-    address = resources.address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(resources)
     if address:
         check_address(address, resources.connect_timeout_s,
                       "resources.address" if resources.address else "RAY_ADDRESS")
@@ -53,6 +53,16 @@ def init_ray(resources: ResourcesConfig) -> bool:
     private_auth_token()
     ray.init(**kwargs)
     return True
+
+
+def cluster_address(resources: ResourcesConfig) -> str | None:
+    """The cluster a run joins: `resources.address`, else RAY_ADDRESS; None for an embedded local Ray."""
+    return resources.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def joins_cluster(resources: ResourcesConfig) -> bool:
+    """True when `init_ray` joins a cluster rather than starting an embedded local Ray."""
+    return cluster_address(resources) is not None
 
 
 def private_auth_token(path: Path | None = None) -> Path | None:

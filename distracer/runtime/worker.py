@@ -19,6 +19,7 @@ from distracer.algos import ActionSpec, build_policy
 from distracer.algos.base import PolicyWeights
 from distracer.config import TrainConfig
 from distracer.envs import make_env
+from distracer.envs.stepping import EnvStep, step_envs
 from distracer.replay.fragment import FragmentBuilder
 
 
@@ -74,15 +75,8 @@ class RolloutWorker:
         self.policy = None
         self.weights_version = -1
         self.obs = [env.reset()[0] for env in self.envs]
-        discrete = self.action_spec.kind == "discrete"
-        self.builders = [
-            FragmentBuilder(
-                stream_id=worker_index * 1000 + j,
-                action_shape=() if discrete else (self.action_spec.n,),
-                action_dtype=np.int64 if discrete else np.float32,
-            )
-            for j in range(n)
-        ]
+        self.builders = [FragmentBuilder(stream_id=worker_index * 1000 + j, action_shape=self.action_spec.shape,
+                                         action_dtype=self.action_spec.dtype) for j in range(n)]
         for builder, obs in zip(self.builders, self.obs):
             builder.add_reset(self.newest_frame(obs))
         self.ppo_state: Any = None
@@ -99,8 +93,7 @@ class RolloutWorker:
         """Rebuild the CPU policy from published weights (skipped when the version is already held)."""
         if weights.version != self.weights_version or self.policy is None:
             self.policy = build_policy(weights, device="cpu")
-            if hasattr(self.policy, "set_seed"):  # exploration noise differs per worker, reproducibly
-                self.policy.set_seed(int(self.rng.integers(2**31)))
+            self.policy.set_seed(int(self.rng.integers(2**31)))  # exploration noise differs per worker, reproducibly
             self.weights_version = weights.version
         return self.weights_version
 
@@ -123,13 +116,12 @@ class RolloutWorker:
             self.set_weights(weights)
         if self.policy is None and not random_actions:
             raise MissingWeightsError(f"worker {self.index} has no policy weights yet")
-        if epsilon is not None and self.policy is not None and hasattr(self.policy, "epsilon"):
+        if epsilon is not None and self.policy is not None:  # the algorithm's worker_epsilon (DQN's schedule)
             self.policy.epsilon = float(epsilon)
         stats = CollectStats(self.index, 0, weights_version=self.weights_version)
         for _ in range(num_steps):
-            actions = self._choose_actions(random_actions)
-            for j, env in enumerate(self.envs):
-                self._step_env(j, env, actions[j], stats)
+            for j, step in enumerate(step_envs(self.envs, self._choose_actions(random_actions))):
+                self._record(j, step, stats)
         self._push_fragments()
         return stats
 
@@ -140,18 +132,17 @@ class RolloutWorker:
             actions, _ = self.policy.act(torch.as_tensor(np.stack(self.obs)), explore=True)
         return actions.numpy()
 
-    def _step_env(self, j: int, env: Any, action: np.ndarray, stats: CollectStats) -> None:
-        obs, reward, terminated, truncated, info = env.step(action)
-        self.builders[j].add_step(self.newest_frame(obs), action, reward, terminated, truncated)
+    def _record(self, j: int, step: EnvStep, stats: CollectStats) -> None:
+        """Add env j's step (and the reset frame of its next episode) to its fragment; count it."""
+        self.builders[j].add_step(self.newest_frame(step.obs), step.action, step.reward, step.terminated,
+                                  step.truncated)
         stats.env_steps += 1
-        if terminated or truncated:
-            episode = info.get("episode")
-            if episode is not None:
-                stats.episode_returns.append(float(np.asarray(episode["r"]).item()))
-                stats.episode_lengths.append(int(np.asarray(episode["l"]).item()))
-            obs, _ = env.reset()
-            self.builders[j].add_reset(self.newest_frame(obs))
-        self.obs[j] = obs
+        if step.episode is not None:
+            stats.episode_returns.append(step.episode[0])
+            stats.episode_lengths.append(step.episode[1])
+        if step.reset:
+            self.builders[j].add_reset(self.newest_frame(step.next_obs))
+        self.obs[j] = step.next_obs
 
     def _push_fragments(self) -> None:
         # One round of adds in flight: a slow shard pushes back on its workers, and the worker steps its
