@@ -13,7 +13,6 @@ The last line is JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -55,11 +54,10 @@ def _checkpoint(tmp: Path, frame_size: int = 48) -> Path:
 
 
 def _reseal(ckpt: Path) -> Path:
-    from distracer.checkpoint import MANIFEST, sha256_file
+    """Checksums over the damaged contents: damage only loading itself can catch."""
+    from distracer.checkpoint import write_manifest
 
-    manifest = json.loads((ckpt / MANIFEST).read_text())
-    manifest["files"] = {rel: sha256_file(ckpt / rel) for rel in manifest["files"] if (ckpt / rel).is_file()}
-    (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(ckpt)
     return ckpt
 
 

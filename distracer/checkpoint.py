@@ -13,7 +13,6 @@ manifest and every checksum, and reads `learner.pt` with `weights_only=True`: no
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from distracer.atomic import TMP_MARK, fsync_dir, fsync_tree, sha256_file
 from distracer.errors import ConfigError
 
 FORMAT = "distracer-checkpoint"
@@ -33,8 +33,7 @@ MANIFEST = "MANIFEST.json"
 LEARNER_FILE = "learner.pt"
 STATE_FILE = "state.json"
 PREFIX = "ckpt_"
-TMP_MARK = ".tmp-"
-"""A checkpoint is written as `.<name>.tmp-<pid>-<ns>` beside its final place, then renamed into it."""
+# A checkpoint is written as `.<name>.tmp-<pid>-<ns>` (atomic.TMP_MARK) beside its final place, then renamed.
 
 
 @dataclass
@@ -55,20 +54,14 @@ class Checkpoint:
         return replay if replay.is_dir() else None
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks: the checksum every saved file of distracer carries."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
+def write_manifest(directory: str | Path) -> dict[str, Any]:
+    """Write `directory`'s MANIFEST.json: the sha256 of every other file in it (what seals a checkpoint)."""
+    directory = Path(directory)
+    files = {str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    manifest = {"format": FORMAT, "version": VERSION, "files": files}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
 
 
 def save_checkpoint(
@@ -94,10 +87,10 @@ def save_checkpoint(
         if write_replay is not None:
             (tmp / "replay").mkdir()
             write_replay(tmp / "replay")
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "files": files}, indent=1))
-        _fsync_tree(tmp)
+        write_manifest(tmp)
+        fsync_tree(tmp)
         os.replace(tmp, final)
+        fsync_dir(root)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ConfigError(f"checkpoint {str(final)!r} could not be written ({exc.strerror or exc}); the previous "

@@ -229,7 +229,7 @@ def evaluate_parallel(source: PolicySource, env_config: EnvConfig, seeds: list[i
         done, pending = ray.wait(pending, num_returns=1)
         for episode in ray.get(done[0]):
             if episode.video is not None and video_dir is not None:
-                from distracer.video import write_bytes_atomically
+                from distracer.atomic import write_bytes_atomically
 
                 write_bytes_atomically(video_dir / video_name(episode.seed), episode.video)
                 episode.video = None

@@ -9,7 +9,6 @@ stay visible) sits to the right. Rendering never changes the observations or rew
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -121,11 +120,3 @@ def read_video_info(path: str | Path) -> tuple[int, int, int]:
         height, width = image.shape[:2]
     capture.release()
     return frames, width, height
-
-
-def write_bytes_atomically(path: str | Path, data: bytes) -> None:
-    """Write a file whole or not at all (videos coming back from remote evaluation tasks)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

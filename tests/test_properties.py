@@ -20,7 +20,7 @@ from distracer.checkpoint import (
     load_checkpoint,
     remove_unfinished_writes,
     save_checkpoint,
-    sha256_file,
+    write_manifest,
 )
 from distracer.config import TrainConfig, load_config
 from distracer.errors import ConfigError
@@ -72,11 +72,7 @@ LEARNER = {"algo": "dqn", "modules": {"net": {"w": torch.arange(6.0)}}, "num_upd
 
 def _reseal(ckpt) -> None:
     """Recompute the manifest's checksums: damage a checksum would not catch (a bug, a bad edit)."""
-    manifest = json.loads((ckpt / MANIFEST).read_text())
-    for rel in list(manifest["files"]):
-        if (ckpt / rel).is_file():
-            manifest["files"][rel] = sha256_file(ckpt / rel)
-    (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(ckpt)
 
 
 DAMAGE = st.fixed_dictionaries({

@@ -22,7 +22,7 @@ from distracer.replay import (
     entry_nbytes,
     parse_bytes,
 )
-from distracer.replay.storage import MANIFEST
+from distracer.replay.persistence import MANIFEST
 
 FRAME = (6, 7)
 
