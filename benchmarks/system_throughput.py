@@ -46,11 +46,11 @@ def system_env_speed(config, workers: int, seconds: float) -> float:
     """Env steps/s that land in the shard, driving workers exactly as the driver does in warm-up."""
     import ray
 
+    from distracer.envs import env_spaces
     from distracer.replay.shard import ReplayShardImpl
-    from distracer.runtime.actors import probe_spaces
     from distracer.runtime.worker import RolloutWorker
 
-    obs_shape, spec = probe_spaces(config)
+    obs_shape, spec = env_spaces(config.env)
     shard = ray.remote(num_cpus=0)(ReplayShardImpl).remote(
         capacity=50_000, frame_shape=obs_shape[1:], action_shape=(spec.n,), frame_stack=obs_shape[0])
     actors = [ray.remote(num_cpus=1)(RolloutWorker).remote(config, i, shard) for i in range(workers)]
@@ -88,11 +88,11 @@ def fake_batch(obs_shape, batch_size: int, rng: np.random.Generator) -> dict:
 def bare_update_speed(config, updates: int) -> float:
     import torch
 
-    from distracer.runtime.actors import probe_spaces
+    from distracer.envs import env_spaces
     from distracer.runtime.learner import build_learner
 
     torch.set_num_threads(1)
-    obs_shape, spec = probe_spaces(config)
+    obs_shape, spec = env_spaces(config.env)
     learner = build_learner(config, obs_shape, spec)
     rng = np.random.default_rng(0)
     batches = [fake_batch(obs_shape, config.sac_drq.batch_size, rng) for _ in range(8)]
@@ -108,12 +108,12 @@ def system_update_speed(config, updates: int) -> float:
     """Updates/s of the LearnerActor pulling batches from a filled shard over Ray."""
     import ray
 
+    from distracer.envs import env_spaces
     from distracer.replay.shard import ReplayShardImpl
-    from distracer.runtime.actors import probe_spaces
     from distracer.runtime.learner import LearnerActor
     from distracer.runtime.worker import RolloutWorker
 
-    obs_shape, spec = probe_spaces(config)
+    obs_shape, spec = env_spaces(config.env)
     shard = ray.remote(num_cpus=0)(ReplayShardImpl).remote(
         capacity=20_000, frame_shape=obs_shape[1:], action_shape=(spec.n,), frame_stack=obs_shape[0])
     worker = ray.remote(num_cpus=1)(RolloutWorker).remote(config, 0, shard)

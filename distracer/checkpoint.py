@@ -13,6 +13,7 @@ manifest and every checksum, and reads `learner.pt` with `weights_only=True`: no
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -279,6 +280,33 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
         raise ConfigError(f"checkpoint {str(path)!r}: {LEARNER_FILE} cannot be loaded "
                           f"({type(exc).__name__}: {_first_reason(exc)})") from None
     return Checkpoint(path, learner_state, state)
+
+
+def learner_from_checkpoint(path: str | Path) -> tuple[Any, Any, Any]:
+    """(learner on CPU with the checkpoint's weights, its TrainConfig, the Checkpoint) for a distracer checkpoint."""
+    from distracer.algos import make_learner
+    from distracer.algos.base import DeviceConfig
+    from distracer.config import config_from_dict
+    from distracer.envs import env_spaces
+
+    fmt, found = detect_format(path)
+    if fmt != "distracer":
+        raise ConfigError(f"{str(path)!r} is an SB3 .zip, not a distracer checkpoint")
+    ckpt = load_checkpoint(found)  # verifies the manifest and checksums; weights_only torch.load
+    data = copy.deepcopy(ckpt.config)
+    # Trained on a GPU, evaluated anywhere: the saved device must not stop a CPU-only machine.
+    data.setdefault("learner", {}).update({"device": "cpu", "precision": "fp32"})
+    config = config_from_dict(data)
+    obs_shape, action_spec = env_spaces(config.env)
+    learner = make_learner(config.algo, config.algo_config, obs_shape, action_spec, DeviceConfig("cpu"), config.seed)
+    try:
+        learner.load_state_dict(ckpt.learner_state)
+    except ConfigError:
+        raise
+    except Exception as exc:  # shape or key mismatches surface as several torch exception types
+        raise ConfigError(f"checkpoint {str(ckpt.path)!r}: its weights do not fit a {config.algo} learner built "
+                          f"from its own config ({type(exc).__name__})") from None
+    return learner, config, ckpt
 
 
 def _first_reason(exc: BaseException) -> str:

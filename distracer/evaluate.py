@@ -13,7 +13,6 @@ Two users:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import torch
 
 from distracer.algos import build_policy
 from distracer.algos.base import PolicyWeights
+from distracer.checkpoint import learner_from_checkpoint
 from distracer.envs import STOCK_ID, EnvConfig, make_env
 from distracer.errors import ConfigError
 
@@ -245,35 +245,6 @@ def _log_episode(log: Callable[[str], None], episode: Episode, k: int, n: int) -
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints of any kind -> a policy, its env, its seed range
-
-
-def learner_from_checkpoint(path: str | Path) -> tuple[Any, Any, Any]:
-    """(learner on CPU with the checkpoint's weights, its TrainConfig, the Checkpoint) for a distracer checkpoint."""
-    from distracer.algos import make_learner
-    from distracer.algos.base import ActionSpec, DeviceConfig
-    from distracer.checkpoint import detect_format, load_checkpoint
-    from distracer.config import config_from_dict
-
-    fmt, found = detect_format(path)
-    if fmt != "distracer":
-        raise ConfigError(f"{str(path)!r} is an SB3 .zip, not a distracer checkpoint")
-    ckpt = load_checkpoint(found)  # verifies the manifest and checksums; weights_only torch.load
-    data = copy.deepcopy(ckpt.config)
-    # Trained on a GPU, evaluated anywhere: the saved device must not stop a CPU-only machine.
-    data.setdefault("learner", {}).update({"device": "cpu", "precision": "fp32"})
-    config = config_from_dict(data)
-    env = make_env(config.env, stock=True)
-    obs_shape, action_spec = tuple(env.observation_space.shape), ActionSpec.from_space(env.action_space)
-    env.close()
-    learner = make_learner(config.algo, config.algo_config, obs_shape, action_spec, DeviceConfig("cpu"), config.seed)
-    try:
-        learner.load_state_dict(ckpt.learner_state)
-    except ConfigError:
-        raise
-    except Exception as exc:  # shape or key mismatches surface as several torch exception types
-        raise ConfigError(f"checkpoint {str(ckpt.path)!r}: its weights do not fit a {config.algo} learner built "
-                          f"from its own config ({type(exc).__name__})") from None
-    return learner, config, ckpt
 
 
 @dataclass

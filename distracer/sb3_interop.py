@@ -245,7 +245,7 @@ class _SpacesEnv(gym.Env):
 
 def export_sb3(checkpoint: str | Path, out: str | Path) -> tuple[Path, str]:
     """Write a distracer PPO or DQN checkpoint as an SB3 `.zip`; returns (path written, algo)."""
-    from distracer.evaluate import learner_from_checkpoint
+    from distracer.checkpoint import learner_from_checkpoint
 
     out = Path(out)
     if out.suffix != ".zip":

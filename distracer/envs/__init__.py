@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 from gymnasium.wrappers import FrameStackObservation, GrayscaleObservation, RecordEpisodeStatistics, ResizeObservation
@@ -15,6 +16,9 @@ from distracer.envs.wrappers import (
     StackedChannels,
     SteerAccelActions,
 )
+
+if TYPE_CHECKING:
+    from distracer.algos.base import ActionSpec
 
 # pygame must not look for a display on servers, in containers or in CI.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -67,4 +71,16 @@ def make_env(
     return SeedOnFirstReset(env, seed)
 
 
-__all__ = ["EnvConfig", "make_env", "STOCK_ID", "FAST_ID"]
+def env_spaces(config: EnvConfig) -> tuple[tuple[int, int, int], ActionSpec]:
+    """Observation shape (C, H, W) and action spec of the configured env, from a stock env that is never stepped
+    (what learners, replays and checkpoints are built for)."""
+    from distracer.algos.base import ActionSpec
+
+    env = make_env(config, stock=True)
+    try:
+        return tuple(env.observation_space.shape), ActionSpec.from_space(env.action_space)
+    finally:
+        env.close()
+
+
+__all__ = ["EnvConfig", "env_spaces", "make_env", "STOCK_ID", "FAST_ID"]

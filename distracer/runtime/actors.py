@@ -18,7 +18,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distracer.algos import ActionSpec, spec
 from distracer.config import TrainConfig
-from distracer.envs import make_env
 from distracer.errors import ConfigError
 from distracer.replay.layout import ReplayLayout
 from distracer.runtime.learner import LearnerActor
@@ -66,15 +65,6 @@ def actor_resources(config: TrainConfig, gpus: float) -> tuple[dict[str, float],
     what = (f"learner {res.learner_cpus:g} CPU, {res.num_workers} worker(s) x {res.worker_cpus:g}"
             + (f", {shards} shard(s) x {res.shard_cpus:g}" if shards else ""))
     return {k: v for k, v in asked.items() if v > 0}, what
-
-
-def probe_spaces(config: TrainConfig) -> tuple[tuple[int, int, int], ActionSpec]:
-    """Observation shape (C, H, W) and action spec of the configured env, without stepping it."""
-    env = make_env(config.env, stock=True)
-    try:
-        return tuple(env.observation_space.shape), ActionSpec.from_space(env.action_space)
-    finally:
-        env.close()
 
 
 class RunActors:

@@ -31,9 +31,10 @@ from distracer.checkpoint import (
     save_checkpoint,
 )
 from distracer.config import TrainConfig, config_from_dict
+from distracer.envs import env_spaces
 from distracer.errors import ConfigError
 from distracer.evaluate import EvalResult, evaluate_policy
-from distracer.runtime.actors import RunActors, actor_resources, bundle_layout, probe_spaces
+from distracer.runtime.actors import RunActors, actor_resources, bundle_layout
 from distracer.runtime.logger import RunLogger
 from distracer.runtime.off_policy import OffPolicyLoop
 from distracer.runtime.on_policy import OnPolicyLoop
@@ -142,7 +143,7 @@ class Driver:
             asked, what = actor_resources(cfg, gpus)
             check_fit(asked, what, cfg.resources.fit_timeout_s,
                       embedded=self.started_ray and not joins_cluster(cfg.resources))
-        self.actors = RunActors(cfg, *probe_spaces(cfg), gpus, pin_to_trial_bundles=self.in_trial)
+        self.actors = RunActors(cfg, *env_spaces(cfg.env), gpus, pin_to_trial_bundles=self.in_trial)
         self.capacity = self.actors.replay_capacity()  # ConfigError for an impossible budget, before any actor
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
