@@ -113,8 +113,8 @@ def _train(*sets: str) -> Callable[[Path], list[str]]:
 
 SAC = ("algo=sac_drq", "resources.num_workers=1", "resources.shard_cpus=0")  # fits 2 CPUs: the budget is what is wrong
 CASES = [
-    Case("config", "a word where a number goes", _train("ppo.lr=abc"), "ppo.lr"),
-    Case("config", "NaN", _train("ppo.lr=.nan"), "finite"),
+    Case("config", "a word where a number goes", _train("ppo.learning_rate=abc"), "ppo.learning_rate"),
+    Case("config", "NaN", _train("ppo.learning_rate=.nan"), "finite"),
     Case("config", "zero workers", _train("resources.num_workers=0"), "num_workers"),
     Case("config", "an unknown key", _train("ppo.learning_rte=1e-4"), "learning_rte"),
     Case("config", "an unknown algorithm", _train("algo=a2c"), "a2c"),

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 WANTED = ("system/env_steps_per_s", "system/updates_per_s", "train/episode_return", "learner/approx_kl",
-          "learner/clip_fraction", "learner/std", "learner/entropy", "learner/explained_variance", "learner/lr",
+          "learner/clip_fraction", "learner/std", "learner/entropy", "learner/explained_variance",
+          "learner/learning_rate", "learner/lr",  # learner/lr: the name in runs recorded before the rename
           "learner/critic_loss", "learner/alpha", "learner/loss", "learner/epsilon", "learner/q_mean")
 
 

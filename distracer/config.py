@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -271,12 +272,39 @@ def _yaml11_float(text: str, key: str) -> Any:
     return number
 
 
+_NOTED_RENAMES: set[str] = set()
+
+
+def _current_names(config: Any, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`data` with the old names a config class lists in its RENAMED (old -> new) replaced by the new ones, and a
+    one-line deprecation note (once per process and name) on stderr. Old names keep loading: YAML files,
+    `--set` overrides and the configs saved in checkpoints written before the rename."""
+    renamed: dict[str, str] = getattr(type(config), "RENAMED", {})
+    if not any(key in renamed for key in data):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        new = renamed.get(key, key)
+        if new != key:
+            if new in data:
+                raise ConfigError(f"{prefix}{key} and {prefix}{new} are the same setting (the old name and the new); "
+                                  f"keep {prefix}{new}")
+            if f"{prefix}{key}" not in _NOTED_RENAMES:
+                _NOTED_RENAMES.add(f"{prefix}{key}")
+                print(f"distracer: note: {prefix}{key} is now called {prefix}{new}; the old name still loads",
+                      file=sys.stderr)
+        out[new] = value
+    return out
+
+
 def apply_dict(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
-    """Set the fields of dataclass `config` from `data`, recursively and strictly."""
+    """Set the fields of dataclass `config` from `data`, recursively and strictly (old names of renamed
+    fields are taken, with a note)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     names = {f.name: f for f in dataclasses.fields(config)}
     hints = typing.get_type_hints(type(config))
+    data = _current_names(config, data, prefix)
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:

@@ -278,7 +278,7 @@ def _build_sb3_ppo(env: gym.Env, config: Any, learner: Any) -> Any:
 
     c = config.ppo
     # The training hyperparameters that mean the same in SB3, so `PPO.load(...).learn()` continues alike.
-    model = PPO("CnnPolicy", env, learning_rate=c.lr, n_steps=c.num_steps, batch_size=c.minibatch_size,
+    model = PPO("CnnPolicy", env, learning_rate=c.learning_rate, n_steps=c.num_steps, batch_size=c.minibatch_size,
                 n_epochs=c.n_epochs, gamma=c.gamma, gae_lambda=c.gae_lambda, clip_range=c.clip_range,
                 clip_range_vf=c.clip_range_vf, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
                 max_grad_norm=c.max_grad_norm, target_kl=c.target_kl, normalize_advantage=c.normalize_advantage,

@@ -42,7 +42,8 @@ def test_presets_layer_over_every_algorithm(algo, preset):
     assert config.algo == algo
 
 
-@pytest.mark.parametrize("override", ["ppo.ent_coef=.nan", "ppo.ent_coef=.inf", "ppo.vf_coef=.nan", "ppo.lr=nan",
+@pytest.mark.parametrize("override", ["ppo.ent_coef=.nan", "ppo.ent_coef=.inf", "ppo.vf_coef=.nan",
+                                      "ppo.learning_rate=nan",
                                       "sac_drq.tau=-.inf", "dqn.learning_rate=.nan", "max_minutes=.inf",
                                       "resources.worker_cpus=.nan", "eval.episodes=.inf",
                                       "checkpoint.every_minutes=.nan", "ppo.clip_range_vf=.nan"])
@@ -60,8 +61,9 @@ def test_non_finite_numbers_are_refused_in_every_section(override):
 
 def test_exponent_without_a_dot_is_a_number_on_the_command_line():
     # YAML 1.1 reads 1e-3 as a string; a user means the number.
-    config = load_config([str(REPO / "tune_configs/sac_drq.yaml")], ["sac_drq.init_alpha=1e-3", "ppo.lr=3e-4"])
-    assert config.sac_drq.init_alpha == 1e-3 and config.ppo.lr == 3e-4
+    config = load_config([str(REPO / "tune_configs/sac_drq.yaml")],
+                         ["sac_drq.init_alpha=1e-3", "ppo.learning_rate=3e-4"])
+    assert config.sac_drq.init_alpha == 1e-3 and config.ppo.learning_rate == 3e-4
 
 
 def test_learner_threads_default_to_the_reserved_cpus_and_refuse_negatives():
@@ -71,3 +73,35 @@ def test_learner_threads_default_to_the_reserved_cpus_and_refuse_negatives():
     assert load_config(None, ["learner.threads=2"]).learner.threads == 2
     with pytest.raises(ConfigError, match="learner.threads=-1"):
         load_config(None, ["learner.threads=-1"])
+
+
+def test_old_names_still_load_with_a_one_line_note(capsys, tmp_path):
+    import distracer.config as config_module
+    from distracer.errors import ConfigError
+
+    config_module._NOTED_RENAMES.clear()
+    old = tmp_path / "old.yaml"
+    old.write_text("algo: sac_drq\nsac_drq:\n  feature_dim: 32\n  drq_pad: 2\n  updates_per_step: 0.5\n"
+                   "  grad_clip: 10.0\n  target_update_every: 2\n  actor_update_every: 2\n")
+    config = load_config([str(old)], ["ppo.lr=3e-4", "dqn.updates_per_step=0.5"])
+    s = config.sac_drq
+    assert (s.features_dim, s.augment_pad, s.replay_ratio, s.max_grad_norm) == (32, 2, 0.5, 10.0)
+    assert (s.target_update_interval, s.actor_update_interval) == (2, 2)
+    assert config.ppo.learning_rate == 3e-4 and config.dqn.replay_ratio == 0.5
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 8 and all(n.startswith("distracer: note:") and "still loads" in n for n in notes)
+    assert "sac_drq.drq_pad is now called sac_drq.augment_pad" in "\n".join(notes)
+    load_config([str(old)], [])  # each old name is noted once per process
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="same setting"):
+        load_config(None, ["ppo.lr=3e-4", "ppo.learning_rate=1e-4"])
+
+
+def test_a_config_saved_under_the_old_names_loads(tmp_path):
+    from distracer.config import config_from_dict
+
+    saved = load_config([str(REPO / "tune_configs/sac_drq.yaml")], []).to_dict()
+    section = saved["sac_drq"]
+    section["feature_dim"], section["updates_per_step"] = section.pop("features_dim"), section.pop("replay_ratio")
+    config = config_from_dict(saved)  # what a checkpoint written before the rename holds
+    assert config.sac_drq.features_dim == 64 and config.sac_drq.replay_ratio == 2.0

@@ -25,7 +25,7 @@ VENV_BIN = Path(sys.executable).parent
 TRAIN = [
     "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1", "resources.fragment_length=16",
     "replay.ram_budget=64MB", "resources.weights_every=10", "learner.device=cpu",
-    "algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.updates_per_step=0.5",
+    "algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.replay_ratio=0.5",
     "total_env_steps=160", "checkpoint.every_env_steps=96",
 ]
 

@@ -50,7 +50,7 @@ def test_unknown_recipe_lists_the_allowed_ones(capsys, tmp_path):
     (["--episodes", "0"], "--episodes 0 must be >= 1"),
     (["--eval-workers", "0"], "--eval-workers 0 must be >= 1"),
     (["--seeds", "1", "999999"], "--seeds 999999 is out of range"),
-    (["--set", "ppo.lr"], "--set 'ppo.lr' must look like key.path=value"),
+    (["--set", "ppo.learning_rate"], "--set 'ppo.learning_rate' must look like key.path=value"),
     (["--minutes", "abc"], "invalid float value"),
 ])
 def test_bad_arguments_refused_in_one_line(capsys, tmp_path, args, words):
@@ -85,13 +85,14 @@ def test_plan_defaults(tmp_path):
 # ----- recipes -> command lines ------------------------------------------------------------------------------
 def test_distracer_recipe_command_line():
     run_dir = Path("/out/ppo/seed2")
-    cmd = bench.distracer_command(bench.RECIPES["ppo"], 2, run_dir, 30.0, 5.0, ["ppo.lr=1e-4"])
+    cmd = bench.distracer_command(bench.RECIPES["ppo"], 2, run_dir, 30.0, 5.0, ["ppo.learning_rate=1e-4"])
     assert cmd == [sys.executable, "-m", "distracer", "train",
                    "--config", "tune_configs/ppo.yaml", "--config", "tune_configs/cpu.yaml",
                    "--set", "seed=2", "--set", "run_dir=/out/ppo/seed2", "--set", "max_minutes=30",
                    "--set", "checkpoint.every_minutes=5", "--set", "checkpoint.keep=1000",
                    "--set", "eval.every_env_steps=0",
-                   "--set", "checkpoint.every_env_steps=1000000000", "--set", "eval.episodes=1", "--set", "ppo.lr=1e-4"]
+                   "--set", "checkpoint.every_env_steps=1000000000", "--set", "eval.episodes=1",
+                   "--set", "ppo.learning_rate=1e-4"]
 
 
 @pytest.mark.parametrize("name, configs", [
@@ -113,7 +114,7 @@ def test_recipe_config_files_exist():
 
 
 def test_peer_command_runs_this_file_with_its_spec():
-    cmd = bench.run_command(bench.PEER, 3, Path("/o/sb3/seed3"), 30.0, 5.0, ["ppo.lr=1"], threads=1)
+    cmd = bench.run_command(bench.PEER, 3, Path("/o/sb3/seed3"), 30.0, 5.0, ["ppo.learning_rate=1"], threads=1)
     assert cmd[:2] == [sys.executable, str(BENCHMARKS / "learning.py")] and cmd[2] == "--train-peer"
     assert json.loads(cmd[3]) == {"seed": 3, "run_dir": "/o/sb3/seed3", "minutes": 30.0, "interval": 5.0,
                                   "threads": 1}  # --set overrides are for distracer recipes only

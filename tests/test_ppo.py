@@ -31,7 +31,7 @@ SPECS = {"continuous": ActionSpec("continuous", 2), "discrete": ActionSpec("disc
 
 
 def small_config(**overrides) -> PPOConfig:
-    base = dict(num_envs=4, num_steps=32, n_epochs=4, minibatch_size=32, lr=3e-4, lr_schedule="constant")
+    base = dict(num_envs=4, num_steps=32, n_epochs=4, minibatch_size=32, learning_rate=3e-4, lr_schedule="constant")
     base.update(overrides)
     return PPOConfig(**base)
 
@@ -156,7 +156,7 @@ def test_checkpoint_round_trip_gives_identical_actions_and_next_update():
     np.testing.assert_array_equal(learner.act(obs, explore=True), restored.act(obs, explore=True))
     m1, m2 = learner.update(rollout), restored.update(rollout)
     assert m1 == pytest.approx(m2, nan_ok=True, rel=0, abs=0)
-    assert m1["lr"] == pytest.approx(3e-4 * 0.9)
+    assert m1["learning_rate"] == pytest.approx(3e-4 * 0.9)
     for (k, a), b in zip(learner.policy.state_dict().items(), restored.policy.state_dict().values()):
         assert torch.equal(a, b), k
     assert learner.reward_normalizer.state_dict()["var"] == restored.reward_normalizer.state_dict()["var"]
@@ -246,7 +246,7 @@ def test_build_policy_from_weights_acts_identically(kind):
 
 def test_linear_lr_schedule_decays_to_zero():
     learner, rollout = learner_and_rollout(lr_schedule="linear", total_updates=2, n_epochs=1)
-    lrs = [learner.update(rollout)["lr"] for _ in range(3)]
+    lrs = [learner.update(rollout)["learning_rate"] for _ in range(3)]
     assert lrs == pytest.approx([3e-4, 1.5e-4, 0.0])
 
 
@@ -394,7 +394,7 @@ def test_decoupled_objective_measures_this_update_not_the_lag():
     # A stale rollout (collected before one update): standard PPO's first ratios already count that update,
     # so approx_kl and target_kl see the lag; decoupled, they see only this update's own steps, and the
     # importance weights pi_prox / pi_behaviour are truncated at is_weight_clip.
-    learner, stale = learner_and_rollout("continuous", decoupled=True, is_weight_clip=1.0, lr=3e-3)
+    learner, stale = learner_and_rollout("continuous", decoupled=True, is_weight_clip=1.0, learning_rate=3e-3)
     learner.update(stale)  # the policy moves on; `stale` is now one version behind
     snapshot = learner.state_dict()
     decoupled = learner.update(stale)

@@ -29,7 +29,7 @@ from distracer.errors import ConfigError
 # ----------------------------------------------------------------------------------------------------
 # Config validation
 def _config_keys() -> list[str]:
-    """Every dotted key of TrainConfig (sections one level deep), e.g. 'ppo.lr', 'resources.num_workers'."""
+    """Every dotted key of TrainConfig (sections one level deep), e.g. 'ppo.learning_rate', 'resources.num_workers'."""
     keys = []
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):

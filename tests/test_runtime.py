@@ -19,9 +19,9 @@ SMALL = [
     "learner.device=cpu",
 ]
 ALGO = {
-    "sac_drq": ["algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.updates_per_step=0.5"],
+    "sac_drq": ["algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.replay_ratio=0.5"],
     "dqn": ["algo=dqn", "env.action_space=discrete", "dqn.batch_size=16", "dqn.learning_starts=64",
-            "dqn.updates_per_step=0.5", "dqn.exploration_horizon=1000"],
+            "dqn.replay_ratio=0.5", "dqn.exploration_horizon=1000"],
     "ppo": ["algo=ppo", "ppo.num_steps=32", "ppo.n_epochs=2", "ppo.minibatch_size=32",
             "resources.num_workers=2"],
 }
@@ -81,7 +81,7 @@ def test_killed_worker_is_replaced(ray_local, tmp_path):
     "override, message",
     [
         ("resources.num_workers=0", "num_workers=0"),
-        ("sac_drq.updates_per_step=0", "updates_per_step"),
+        ("sac_drq.replay_ratio=0", "replay_ratio"),
         ("resources.learner_gpus=1", "GPU"),
         ("replay.ram_budget=20KB", "fewer than one batch"),
         ("replay.ram_budget=100TB", "exceeds"),

@@ -121,8 +121,8 @@ def test_temperature_moves_towards_target_entropy():
     assert fixed.alpha == pytest.approx(fixed.config.init_alpha)
 
 
-@pytest.mark.parametrize("variant", [{}, {"target_encoder": False, "channels_last": False, "actor_update_every": 2,
-                                          "target_update_every": 2, "grad_clip": 1.0}])
+@pytest.mark.parametrize("variant", [{}, {"target_encoder": False, "channels_last": False, "actor_update_interval": 2,
+                                          "target_update_interval": 2, "max_grad_norm": 1.0}])
 def test_checkpoint_round_trip_continues_identically(variant):
     rng = np.random.default_rng(1)
     a = new_learner(seed=3, **variant)
@@ -175,7 +175,7 @@ def test_actor_loss_leaves_encoder_and_critic_alone():
     # Deep copies: Optimizer.load_state_dict keeps the given moment tensors (no copy), so two learners loaded
     # from one in-memory state dict would share them.
     state = base.state_dict()
-    with_actor, without_actor = new_learner(), new_learner(actor_update_every=1000)
+    with_actor, without_actor = new_learner(), new_learner(actor_update_interval=1000)
     with_actor.load_state_dict(copy.deepcopy(state))
     without_actor.load_state_dict(copy.deepcopy(state))
     batch = random_batch(rng)
@@ -209,8 +209,8 @@ def test_refuses_batch_of_wrong_shape():
 
 
 @pytest.mark.parametrize("field,value", [("tau", 0.0), ("tau", 1.5), ("batch_size", 0), ("gamma", 1.1),
-                                         ("actor_lr", -1e-4), ("drq_pad", -1), ("log_std_min", 5.0),
-                                         ("init_alpha", 0.0), ("n_step", 0), ("grad_clip", -1.0)])
+                                         ("actor_lr", -1e-4), ("augment_pad", -1), ("log_std_min", 5.0),
+                                         ("init_alpha", 0.0), ("n_step", 0), ("max_grad_norm", -1.0)])
 def test_config_validation(field, value):
     with pytest.raises(ConfigError, match=field):
         SACConfig(**{field: value}).validate()

@@ -15,7 +15,7 @@ from distracer.checkpoint import list_checkpoints, load_checkpoint
 OVERRIDES = [
     "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1", "resources.fragment_length=16",
     "replay.ram_budget=32MB", "sac_drq.batch_size=16", "sac_drq.learning_starts=64",
-    "sac_drq.updates_per_step=0.25", "resources.local_num_cpus=3", "learner.device=cpu",
+    "sac_drq.replay_ratio=0.25", "resources.local_num_cpus=3", "learner.device=cpu",
     "checkpoint.every_env_steps=64",
 ]
 

@@ -22,7 +22,7 @@ from distracer.tuning import TargetScoreStopper, build_stopper, load_search, run
 SMALL = [
     "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1", "resources.fragment_length=16",
     "replay.ram_budget=64MB", "resources.weights_every=10", "learner.device=cpu",
-    "algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.updates_per_step=0.5",
+    "algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.replay_ratio=0.5",
     "resources.learner_cpus=0.25", "resources.worker_cpus=0.25", "resources.shard_cpus=0.25",
     "total_env_steps=192", "checkpoint.every_env_steps=64",
 ]
@@ -238,10 +238,10 @@ def test_cli_ctrl_c_then_resume(tmp_path):
 
 ALGO_RUNS = {
     "dqn": ["algo=dqn", "env.action_space=discrete", "dqn.batch_size=16", "dqn.learning_starts=64",
-            "dqn.updates_per_step=0.5", "dqn.exploration_horizon=1000",
+            "dqn.replay_ratio=0.5", "dqn.exploration_horizon=1000",
             "tune.search_space.dqn.learning_rate={type: loguniform, lower: 1.0e-5, upper: 1.0e-3}"],
     "ppo": ["algo=ppo", "ppo.num_steps=32", "ppo.n_epochs=2", "ppo.minibatch_size=32", "resources.num_workers=2",
-            "tune.search_space.ppo.lr={type: choice, values: [1.0e-4, 3.0e-4]}"],
+            "tune.search_space.ppo.learning_rate={type: choice, values: [1.0e-4, 3.0e-4]}"],
 }
 
 

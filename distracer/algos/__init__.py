@@ -31,7 +31,7 @@ class AlgoSpec:
     """`distracer.algos.base.Policy` subclass: the acting part that workers and evaluation rebuild."""
     off_policy: bool
     """True: rollout workers stream fragments into replay shards and the learner samples batches at the
-    config's replay ratio (`OffPolicyConfig`: updates_per_step after learning_starts). False: on-policy, each
+    config's replay ratio (`OffPolicyConfig`: replay_ratio after learning_starts). False: on-policy, each
     worker returns a rollout of `num_steps` per round and the learner trains on the round (PPO)."""
     action_space: str | None = None
     """The `env.action_space` it needs ('continuous' or 'discrete'); None: either."""

@@ -117,7 +117,7 @@ class OffPolicyConfig(Protocol):
     """Discount the replay folds into each sample's n-step `discount`."""
     n_step: int
     """Steps in the n-step return the replay builds."""
-    updates_per_step: float
+    replay_ratio: float
     """The replay ratio: gradient updates per env step, held by the runtime."""
     learning_starts: int
     """Env steps collected (random actions on a fresh run) before the first update."""

@@ -22,7 +22,7 @@ distributed setting wants:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from distracer.errors import ConfigError
 
 @dataclass
 class DQNConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"updates_per_step": "replay_ratio"}
+    """Old names (still loaded, with a note) -> current ones."""
+
     learning_rate: float = 1e-4
     """Adam learning rate (SB3 and CleanRL default; RL Zoo's Atari DQN uses it too; RL Zoo has no CarRacing DQN)."""
     batch_size: int = 32
@@ -57,7 +60,7 @@ class DQNConfig:
     """Target update coefficient: 1.0 is a hard copy (SB3 default); < 1 is a Polyak update (use with interval 1)."""
     max_grad_norm: float = 10.0
     """Clip the gradient's global L2 norm to this (SB3 default)."""
-    updates_per_step: float = 0.25
+    replay_ratio: float = 0.25
     """Replay ratio: gradient updates per environment step (SB3's train_freq 4, gradient_steps 1)."""
     learning_starts: int = 10_000
     """Environment steps collected before the first update (about 10 CarRacing episodes of varied tracks)."""
@@ -96,7 +99,7 @@ class DQNConfig:
         need(self.target_update_interval >= 1, "target_update_interval", ">= 1")
         need(0.0 < self.tau <= 1.0, "tau", "0 < tau <= 1")
         need(self.max_grad_norm > 0, "max_grad_norm", "> 0")
-        need(self.updates_per_step > 0, "updates_per_step", "> 0")
+        need(self.replay_ratio > 0, "replay_ratio", "> 0")
         need(self.learning_starts >= 0, "learning_starts", ">= 0")
         need(0.0 <= self.eps_start <= 1.0, "eps_start", "0..1")
         need(0.0 <= self.eps_end <= 1.0, "eps_end", "0..1")

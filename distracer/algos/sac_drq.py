@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,6 +45,13 @@ ACTION_DIM = 2  # [steer, accel]; distracer.envs.wrappers.steer_accel_to_native 
 
 @dataclass
 class SACConfig:
+    """SAC+DrQ hyperparameters (defaults: the seed project's GPU settings; tune_configs/cpu.yaml has the CPU ones)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "feature_dim": "features_dim", "drq_pad": "augment_pad", "target_update_every": "target_update_interval",
+        "actor_update_every": "actor_update_interval", "grad_clip": "max_grad_norm", "updates_per_step": "replay_ratio"}
+    """Old names (still loaded, with a note) -> the names shared with the other algorithms and SB3."""
+
     batch_size: int = 256
     """transitions per gradient update (seed: 256)"""
     actor_lr: float = 1e-4
@@ -55,7 +62,7 @@ class SACConfig:
     """Adam learning rate of log(alpha), betas (0.5, 0.999) as in DrQ (seed: 1e-4)"""
     tau: float = 0.01
     """Polyak rate of the target encoder and target Q heads: target <- tau*online + (1-tau)*target (seed: 0.01)"""
-    feature_dim: int = 64
+    features_dim: int = 64
     """width of the encoder's LayerNorm+tanh feature vector (seed: 64)"""
     hidden_dim: int = 256
     """width of the actor and Q-head MLP layers. 256 as in SB3's SAC (so throughput comparisons differ only
@@ -66,7 +73,7 @@ class SACConfig:
     """discount; the replay folds it into each sample's `discount` (gamma^m * (1 - terminated))"""
     n_step: int = 1
     """n-step returns built by the replay (1 = plain SAC)"""
-    updates_per_step: float = 2.0
+    replay_ratio: float = 2.0
     """replay ratio the runtime holds: gradient updates per environment step (seed: 2)"""
     learning_starts: int = 1000
     """environment steps collected (with the random-init policy) before the first update"""
@@ -80,13 +87,13 @@ class SACConfig:
     """lower bound of the policy's log-std (DrQ: -10)"""
     log_std_max: float = 2.0
     """upper bound of the policy's log-std (DrQ: 2)"""
-    actor_update_every: int = 1
+    actor_update_interval: int = 1
     """update the actor and alpha every this many critic updates (DrQ: 2; 1 keeps the actor in step)"""
-    target_update_every: int = 1
+    target_update_interval: int = 1
     """Polyak-update the targets every this many updates (DrQ: 2)"""
-    drq_pad: int = 4
+    augment_pad: int = 4
     """random-shift pad in pixels (seed: 4); 0 turns augmentation off"""
-    grad_clip: float = 0.0
+    max_grad_norm: float = 0.0
     """clip each optimiser's gradient global norm to this value; 0 = no clipping (norms are still reported)"""
     target_encoder: bool = True
     """keep a Polyak-averaged target encoder for the target Q (DrQ, SAC-AE). False = DrQ-v2: the target Q heads
@@ -103,13 +110,13 @@ class SACConfig:
         return None
 
     def validate(self) -> None:
-        positive_int = ("batch_size", "feature_dim", "hidden_dim", "n_step", "actor_update_every",
-                        "target_update_every")
+        positive_int = ("batch_size", "features_dim", "hidden_dim", "n_step", "actor_update_interval",
+                        "target_update_interval")
         for name in positive_int:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"sac_drq.{name}={value!r} must be an integer >= 1")
-        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "updates_per_step"):
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "replay_ratio"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"sac_drq.{name}={value!r} must be a finite number > 0")
@@ -121,14 +128,14 @@ class SACConfig:
             raise ConfigError(f"sac_drq.hidden_depth={self.hidden_depth!r} must be an integer >= 0")
         if not isinstance(self.learning_starts, int) or self.learning_starts < 0:
             raise ConfigError(f"sac_drq.learning_starts={self.learning_starts!r} must be an integer >= 0")
-        if not isinstance(self.drq_pad, int) or self.drq_pad < 0:
-            raise ConfigError(f"sac_drq.drq_pad={self.drq_pad!r} must be an integer >= 0")
+        if not isinstance(self.augment_pad, int) or self.augment_pad < 0:
+            raise ConfigError(f"sac_drq.augment_pad={self.augment_pad!r} must be an integer >= 0")
         if not self.log_std_min < self.log_std_max:
             raise ConfigError(
                 f"sac_drq.log_std_min={self.log_std_min!r} must be < log_std_max={self.log_std_max!r}"
             )
-        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            raise ConfigError(f"sac_drq.grad_clip={self.grad_clip!r} must be >= 0 (0 = off)")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ConfigError(f"sac_drq.max_grad_norm={self.max_grad_norm!r} must be >= 0 (0 = off)")
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):
             raise ConfigError(f"sac_drq.target_entropy={self.target_entropy!r} must be finite or None")
 
@@ -143,10 +150,10 @@ _LOG_2 = math.log(2.0)
 class GaussianActor(nn.Module):
     """features -> (mean, log_std) of a diagonal Gaussian; actions are tanh of a sample (DrQ's DiagGaussianActor)."""
 
-    def __init__(self, feature_dim: int, action_dim: int, hidden_dim: int, hidden_depth: int,
+    def __init__(self, features_dim: int, action_dim: int, hidden_dim: int, hidden_depth: int,
                  log_std_min: float, log_std_max: float):
         super().__init__()
-        self.net = mlp(feature_dim, (hidden_dim,) * hidden_depth, 2 * action_dim)
+        self.net = mlp(features_dim, (hidden_dim,) * hidden_depth, 2 * action_dim)
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
 
@@ -217,15 +224,15 @@ class _LogAlpha(nn.Module):
 class SACPolicy(Policy):
     """Encoder + Gaussian actor. Deterministic acting takes tanh(mean); exploring samples the squashed Gaussian."""
 
-    def __init__(self, obs_shape: tuple[int, int, int], action_dim: int = ACTION_DIM, feature_dim: int = 64,
+    def __init__(self, obs_shape: tuple[int, int, int], action_dim: int = ACTION_DIM, features_dim: int = 64,
                  hidden_dim: int = 256, hidden_depth: int = 2, log_std_min: float = -10.0, log_std_max: float = 2.0,
                  channels_last: bool = False):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
-        self.encoder = DrQEncoder(self.obs_shape, feature_dim)
+        self.encoder = DrQEncoder(self.obs_shape, features_dim)
         if channels_last:  # conv weights in NHWC; convolutions then run channels-last whatever the input layout
             self.encoder.to(memory_format=torch.channels_last)
-        self.actor = GaussianActor(feature_dim, action_dim, hidden_dim, hidden_depth, log_std_min, log_std_max)
+        self.actor = GaussianActor(features_dim, action_dim, hidden_dim, hidden_depth, log_std_min, log_std_max)
         self.generator: torch.Generator | None = None
         """Exploration noise RNG when set (`set_seed`), else torch's global RNG."""
 
@@ -270,7 +277,7 @@ class SACDrQLearner(Learner):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             policy = SACPolicy(**self.policy_spec())
-            critic = TwinQ(cfg.feature_dim + ACTION_DIM, cfg.hidden_dim, cfg.hidden_depth)
+            critic = TwinQ(cfg.features_dim + ACTION_DIM, cfg.hidden_dim, cfg.hidden_depth)
         self.policy = policy.to(self.device)
         self.encoder = self.policy.encoder
         self.actor = self.policy.actor
@@ -279,7 +286,7 @@ class SACDrQLearner(Learner):
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = _LogAlpha(cfg.init_alpha).to(self.device)
         self.target_entropy = float(-ACTION_DIM if cfg.target_entropy is None else cfg.target_entropy)
-        self.aug = RandomShiftsAug(cfg.drq_pad)
+        self.aug = RandomShiftsAug(cfg.augment_pad)
 
         # Fused Adam (CPU and CUDA): one kernel per optimiser instead of several per parameter tensor.
         fused = {"fused": True}
@@ -321,7 +328,7 @@ class SACDrQLearner(Learner):
         action = self.to_tensor(batch["action"]).float()
         reward = self.to_tensor(batch["reward"]).float()
         discount = self.to_tensor(batch["discount"]).float()
-        update_actor = self.num_updates % cfg.actor_update_every == 0
+        update_actor = self.num_updates % cfg.actor_update_interval == 0
         alpha = self.log_alpha.value.detach().exp()
 
         with self.autocast():
@@ -391,7 +398,7 @@ class SACDrQLearner(Learner):
             if cfg.learn_alpha:
                 self.scaler.step(self.alpha_opt)
         self.scaler.update()
-        if self.num_updates % cfg.target_update_every == 0:
+        if self.num_updates % cfg.target_update_interval == 0:
             with torch.no_grad():
                 torch._foreach_lerp_(self._targets, self._online_for_target, cfg.tau)
         self.num_updates += 1
@@ -401,8 +408,8 @@ class SACDrQLearner(Learner):
         """Unscale (fp16) and return the global gradient norm, clipping it when configured; no host sync."""
         self.scaler.unscale_(opt)
         grads = [p.grad for p in params if p.grad is not None]
-        if self.config.grad_clip > 0:
-            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip, foreach=True)
+        if self.config.max_grad_norm > 0:
+            return torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm, foreach=True)
         return torch.nn.utils.get_total_norm(grads, foreach=True)
 
     @property
@@ -413,7 +420,7 @@ class SACDrQLearner(Learner):
     # ----- weights for workers -----
     def policy_spec(self) -> dict[str, Any]:
         cfg = self.config
-        return {"obs_shape": tuple(self.obs_shape), "action_dim": ACTION_DIM, "feature_dim": cfg.feature_dim,
+        return {"obs_shape": tuple(self.obs_shape), "action_dim": ACTION_DIM, "features_dim": cfg.features_dim,
                 "hidden_dim": cfg.hidden_dim, "hidden_depth": cfg.hidden_depth,
                 "log_std_min": float(cfg.log_std_min), "log_std_max": float(cfg.log_std_max),
                 "channels_last": bool(cfg.channels_last)}

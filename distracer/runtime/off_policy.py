@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from distracer.runtime.driver import Driver
 
 
-def allowed_updates(env_steps: int, ratio_base: tuple[int, int], learning_starts: int, updates_per_step: float) -> int:
+def allowed_updates(env_steps: int, ratio_base: tuple[int, int], learning_starts: int, replay_ratio: float) -> int:
     """Updates the replay ratio allows after `env_steps` collected.
 
     Counted from `ratio_base` (updates, env steps): (0, 0) for a fresh run or a resume with its replay; the
@@ -27,7 +27,7 @@ def allowed_updates(env_steps: int, ratio_base: tuple[int, int], learning_starts
     with no burst of owed updates after it.
     """
     base_updates, base_steps = ratio_base
-    return base_updates + int(max(0, env_steps - base_steps - learning_starts) * updates_per_step)
+    return base_updates + int(max(0, env_steps - base_steps - learning_starts) * replay_ratio)
 
 
 class OffPolicyLoop:
@@ -46,7 +46,7 @@ class OffPolicyLoop:
         self.weights_every = cfg.resources.weights_every
         self.steps_per_call = self.fragment_length * cfg.resources.envs_per_worker
         num_workers = len(driver.actors.workers)
-        self.max_lag = max(1.0, 2 * self.steps_per_call * num_workers * self.algo.updates_per_step)
+        self.max_lag = max(1.0, 2 * self.steps_per_call * num_workers * self.algo.replay_ratio)
         self.sent_version = [0] * num_workers  # -1: the worker needs the weights again (it was restarted)
         self.in_flight = [0] * num_workers
         self.pending: dict[ray.ObjectRef, tuple[str, int]] = {}
@@ -56,7 +56,7 @@ class OffPolicyLoop:
     def allowed_updates(self) -> int:
         d = self.driver
         return allowed_updates(d.counters.env_steps, d.ratio_base, self.algo.learning_starts,
-                               self.algo.updates_per_step)
+                               self.algo.replay_ratio)
 
     def owed_updates(self) -> int:
         return self.allowed_updates() - self.driver.counters.num_updates

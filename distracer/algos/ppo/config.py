@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -19,6 +20,9 @@ class PPOConfig:
     8 envs x 512 steps, minibatch 128, lr 1e-4 decaying linearly, no entropy bonus, [256] GELU heads, gSDE with
     log_std -2, no orthogonal init), which learns CarRacing where SB3's generic defaults do not (docs/RESULTS.md)."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"lr": "learning_rate"}
+    """Old names (still loaded, with a note) -> the names shared with the other algorithms and SB3."""
+
     num_envs: int = 8
     """Environments stepped in parallel across all rollout workers; one rollout holds num_steps * num_envs
     transitions (SB3 `n_envs`). The seed project found 8 clearly better than 4 on CarRacing."""
@@ -28,7 +32,7 @@ class PPOConfig:
     """Passes over each rollout, in shuffled minibatches."""
     minibatch_size: int = 128
     """Transitions per gradient step (SB3 `batch_size`). A last, smaller minibatch takes the remainder."""
-    lr: float = 1e-4
+    learning_rate: float = 1e-4
     """Adam learning rate (at the start of the schedule)."""
     lr_schedule: str = "linear"
     """'constant', or 'linear': decays to 0 over `total_updates` rollouts (lr * (1 - k / total_updates) at
@@ -108,7 +112,7 @@ class PPOConfig:
                 raise ConfigError(f"ppo.{name}={getattr(self, name)} must be >= 1")
         if self.minibatch_size < 2:
             raise ConfigError(f"ppo.minibatch_size={self.minibatch_size} must be >= 2 (advantages are normalised)")
-        for name in ("lr", "clip_range", "adam_eps", "max_grad_norm", "reward_clip", "reward_norm_epsilon"):
+        for name in ("learning_rate", "clip_range", "adam_eps", "max_grad_norm", "reward_clip", "reward_norm_epsilon"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"ppo.{name}={getattr(self, name)} must be > 0")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -49,7 +49,8 @@ class PPOLearner(Learner):
         self.policy.generator = self.generator
         # Fused Adam (CPU and CUDA): one kernel per step instead of several per parameter tensor (~6 ms a
         # minibatch step less on one CPU core for the 1.7M-parameter NatureCNN; benchmarks/learner_speed.py).
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=config.adam_eps, fused=True)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps,
+                                          fused=True)
         self.reward_normalizer = ReturnNormalizer(config.gamma, config.reward_norm_epsilon, config.reward_clip)
         self.schedule_step = 0  # update() calls the lr schedule has advanced by
 
@@ -83,8 +84,8 @@ class PPOLearner(Learner):
     def current_lr(self) -> float:
         cfg = self.config
         if cfg.lr_schedule == "linear":
-            return cfg.lr * max(0.0, 1.0 - self.schedule_step / cfg.total_updates)
-        return cfg.lr
+            return cfg.learning_rate * max(0.0, 1.0 - self.schedule_step / cfg.total_updates)
+        return cfg.learning_rate
 
     # ----- the update -----
     def _snapshot(self) -> dict[str, Any]:
@@ -230,7 +231,7 @@ class PPOLearner(Learner):
             last_kl = float(approx_kl.item())
         metrics.update({
             "explained_variance": explained_var,
-            "lr": lr,
+            "learning_rate": lr,
             "gradient_steps": float(steps),
             "epochs": float(epochs_done),
             "early_stopped": float(early_stop),
