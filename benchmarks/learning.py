@@ -684,7 +684,7 @@ def _load_distracer(path: str) -> tuple[Any, Any]:
     from distracer.evaluate import load_for_evaluation
 
     loaded = load_for_evaluation(path)
-    return loaded.source.actor(), loaded.env_config
+    return loaded.source.act_fn(), loaded.env_config
 
 
 def distracer_episode(path: str, seed: int) -> tuple[float, int]:

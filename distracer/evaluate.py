@@ -39,7 +39,7 @@ SOLVED_SCORE = 900.0
 SOLVED_EPISODES = 100
 RENDER_FPS = 50  # CarRacing-v3's metadata["render_fps"]
 
-Actor = Callable[[np.ndarray], np.ndarray]
+ActFn = Callable[[np.ndarray], np.ndarray]
 """One channel-first uint8 observation -> one env action, deterministic."""
 
 
@@ -88,13 +88,13 @@ class PolicySource:
     weights: PolicyWeights | None = None
     sb3: Any = None  # distracer.sb3_interop.SB3Bundle
 
-    def actor(self) -> Actor:
+    def act_fn(self) -> ActFn:
         if self.weights is not None:
-            return distracer_actor(self.weights)
-        return self.sb3.actor()
+            return distracer_act_fn(self.weights)
+        return self.sb3.act_fn()
 
 
-def distracer_actor(weights: PolicyWeights) -> Actor:
+def distracer_act_fn(weights: PolicyWeights) -> ActFn:
     policy = build_policy(weights, device="cpu")
 
     def act(obs: np.ndarray) -> np.ndarray:
@@ -124,7 +124,7 @@ class Episode:
     video: bytes | None = None
 
 
-def run_episode(actor: Actor, env_config: EnvConfig, seed: int, video_path: Path | None = None,
+def run_episode(act: ActFn, env_config: EnvConfig, seed: int, video_path: Path | None = None,
                 video: VideoOptions | None = None, max_steps: int | None = None) -> Episode:
     """One deterministic episode on the stock env; `max_steps` (agent steps) cuts it short for smoke tests."""
     from distracer.video import EpisodeVideo
@@ -143,7 +143,7 @@ def run_episode(actor: Actor, env_config: EnvConfig, seed: int, video_path: Path
         if recorder is not None:
             recorder.add(env.render(), obs, score, steps)
         while True:
-            obs, reward, terminated, truncated, info = env.step(actor(obs))
+            obs, reward, terminated, truncated, info = env.step(act(obs))
             score += float(reward)
             steps += 1
             if recorder is not None:
@@ -168,11 +168,11 @@ def run_episodes(source: PolicySource | PolicyWeights, env_config: EnvConfig, se
     torch.set_num_threads(1)
     if isinstance(source, PolicyWeights):
         source = PolicySource(weights=source)
-    actor = source.actor()
+    act = source.act_fn()
     out = []
     for seed in seeds:
         path = Path(video_dir) / video_name(seed) if video_dir is not None else None
-        episode = run_episode(actor, env_config, seed, path, video, max_steps)
+        episode = run_episode(act, env_config, seed, path, video, max_steps)
         if path is not None and return_video_bytes:
             episode.video = path.read_bytes()
             path.unlink()

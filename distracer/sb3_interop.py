@@ -148,8 +148,8 @@ class SB3Bundle:
     replaced: tuple[str, ...] = ()
     """Training-only objects that could not be unpickled and were replaced (acting does not use them)."""
 
-    def actor(self) -> SB3Actor:
-        return SB3Actor(self)
+    def act_fn(self) -> SB3Predictor:
+        return SB3Predictor(self)
 
 
 def load_sb3_bundle(path: str | Path, trust_pickle: bool, vecnorm: str | Path | None = None) -> SB3Bundle:
@@ -167,17 +167,17 @@ def load_sb3_bundle(path: str | Path, trust_pickle: bool, vecnorm: str | Path | 
             raise ConfigError(f"--vecnorm {str(vecnorm)!r} does not exist")
         vecnorm_bytes = vecnorm.read_bytes()
     bundle = SB3Bundle(info.algo, path.read_bytes(), vecnorm_bytes)
-    actor = bundle.actor()  # load once here so a broken file fails in one line before any episode starts
-    bundle.replaced = actor.replaced
-    if actor.vecnorm is not None:  # its statistics must fit the model's input, whatever the layout
-        stats_shape = tuple(actor.vecnorm.obs_rms.mean.shape)
-        if sorted(stats_shape) != sorted(actor.model_shape):
+    predictor = bundle.act_fn()  # load once here so a broken file fails in one line before any episode starts
+    bundle.replaced = predictor.replaced
+    if predictor.vecnorm is not None:  # its statistics must fit the model's input, whatever the layout
+        stats_shape = tuple(predictor.vecnorm.obs_rms.mean.shape)
+        if sorted(stats_shape) != sorted(predictor.model_shape):
             raise ConfigError(f"{str(vecnorm)!r} holds observation statistics of shape {stats_shape}; the SB3 model "
-                              f"takes {actor.model_shape}: it belongs to another run (pass the right --vecnorm)")
+                              f"takes {predictor.model_shape}: it belongs to another run (pass the right --vecnorm)")
     return bundle
 
 
-class SB3Actor:
+class SB3Predictor:
     """Deterministic SB3 `predict` on distracer's channel-first observations, with VecNormalize obs stats."""
 
     def __init__(self, bundle: SB3Bundle):

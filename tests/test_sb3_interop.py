@@ -11,7 +11,7 @@ from test_evaluate import make_checkpoint
 
 from distracer.errors import ConfigError
 from distracer.evaluate import evaluate_checkpoint, learner_from_checkpoint
-from distracer.sb3_interop import SB3Actor, SB3Bundle, export_sb3, read_sb3_zip, sb3_env_config
+from distracer.sb3_interop import SB3Bundle, SB3Predictor, export_sb3, read_sb3_zip, sb3_env_config
 
 sb3 = pytest.importorskip("stable_baselines3")
 
@@ -98,7 +98,7 @@ def test_sb3_ppo_with_obs_normalisation_acts_on_distracer_observations(tmp_path)
     info = read_sb3_zip(tmp_path / "best_model.zip")
     config = sb3_env_config(info)
     assert (config.frame_size, config.frame_stack, config.action_space) == (84, 4, "continuous")
-    actor = SB3Actor(SB3Bundle("ppo", (tmp_path / "best_model.zip").read_bytes(),
+    actor = SB3Predictor(SB3Bundle("ppo", (tmp_path / "best_model.zip").read_bytes(),
                                (tmp_path / "vecnormalize.pkl").read_bytes()))
     obs = random_obs((4, 84, 84), n=4)
     for frame in obs:
@@ -106,7 +106,7 @@ def test_sb3_ppo_with_obs_normalisation_acts_on_distracer_observations(tmp_path)
         want, _ = model.predict(expected.astype(np.float32), deterministic=True)
         np.testing.assert_allclose(actor(frame), want, atol=1e-5)
     # Without the statistics the same frames give other actions: the file is really used.
-    bare = SB3Actor(SB3Bundle("ppo", (tmp_path / "best_model.zip").read_bytes()))
+    bare = SB3Predictor(SB3Bundle("ppo", (tmp_path / "best_model.zip").read_bytes()))
     assert not np.allclose(bare(obs[0]), actor(obs[0]), atol=1e-4)
 
 
@@ -175,7 +175,7 @@ def test_zip_with_an_uninstalled_schedule_module_still_evaluates(tmp_path, monke
                                  log=lines.append)
     assert report["checkpoint_info"]["replaced_training_objects"]
     assert any("training-only objects" in line and "replaced" in line for line in lines)
-    actor = SB3Actor(SB3Bundle("ppo", (tmp_path / "zoo" / "model.zip").read_bytes()))
+    actor = SB3Predictor(SB3Bundle("ppo", (tmp_path / "zoo" / "model.zip").read_bytes()))
     obs = random_obs((4, 84, 84), n=1)[0]
     want, _ = model.predict(np.moveaxis(obs, 0, -1) if model.observation_space.shape[-1] == 4 else obs,
                             deterministic=True)
