@@ -56,16 +56,16 @@ def system_env_speed(config, workers: int, seconds: float) -> float:
     actors = [ray.remote(num_cpus=1)(RolloutWorker).remote(config, i, shard) for i in range(workers)]
     ray.get([a.ready.remote() for a in actors])
     frag = config.resources.fragment_length
-    ray.get([a.collect.remote(frag, None, True) for a in actors])  # warm up
+    ray.get([a.collect_fragments.remote(frag, None, True) for a in actors])  # warm up
     start_inserts = ray.get(shard.stats.remote())["inserts"]
     start = time.perf_counter()
     # Two calls queued per worker, as the driver keeps them.
-    pending = {a.collect.remote(frag, None, True): a for a in actors for _ in range(2)}
+    pending = {a.collect_fragments.remote(frag, None, True): a for a in actors for _ in range(2)}
     while time.perf_counter() - start < seconds:
         [done], _ = ray.wait(list(pending))
         actor = pending.pop(done)
         ray.get(done)
-        pending[actor.collect.remote(frag, None, True)] = actor
+        pending[actor.collect_fragments.remote(frag, None, True)] = actor
     ray.get(list(pending))
     elapsed = time.perf_counter() - start
     # Inserts count entries (frames); reset frames are not env steps but are ~0.1% of entries.
@@ -117,12 +117,12 @@ def system_update_speed(config, updates: int) -> float:
     shard = ray.remote(num_cpus=0)(ReplayShardImpl).remote(
         capacity=20_000, frame_shape=obs_shape[1:], action_shape=(spec.n,), frame_stack=obs_shape[0])
     worker = ray.remote(num_cpus=1)(RolloutWorker).remote(config, 0, shard)
-    ray.get(worker.collect.remote(1000, None, True))  # fill with real frames
+    ray.get(worker.collect_fragments.remote(1000, None, True))  # fill with real frames
     ray.kill(worker)
     learner = ray.remote(num_cpus=1)(LearnerActor).remote(config, obs_shape, spec, [shard])
-    ray.get(learner.train.remote(2))  # warm up the pipeline
+    ray.get(learner.train_on_replay.remote(2))  # warm up the pipeline
     start = time.perf_counter()
-    ray.get(learner.train.remote(updates))
+    ray.get(learner.train_on_replay.remote(updates))
     elapsed = time.perf_counter() - start
     timing = ray.get(learner.timing.remote())
     print(f"    learner actor: update {timing['update_seconds']:.2f}s, waiting on replay {timing['wait_seconds']:.2f}s")

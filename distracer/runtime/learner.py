@@ -72,7 +72,7 @@ class LearnerActor:
         index = int(self.shard_rng.choice(len(self.shards), p=self.shard_weights))
         self.inflight.append(self.shards[index].sample.remote(self.batch_size))
 
-    def train(self, num_updates: int) -> dict[str, float]:
+    def train_on_replay(self, num_updates: int) -> dict[str, float]:
         """Run `num_updates` updates on replay batches; returns the mean of their metrics."""
         self._refresh_shard_weights()
         while len(self.inflight) < self.config.replay.prefetch:

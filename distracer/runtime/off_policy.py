@@ -69,7 +69,7 @@ class OffPolicyLoop:
                     self._launch_worker(i)
             if not self.learner_busy and self.owed_updates() > 0:
                 n = min(self.owed_updates(), self.weights_every - self.since_publish)
-                self.pending[d.actors.learner.train.remote(n)] = ("learner", n)
+                self.pending[d.actors.learner.train_on_replay.remote(n)] = ("learner", n)
                 self.learner_busy = True
             if not self.pending:
                 time.sleep(0.01)
@@ -81,7 +81,7 @@ class OffPolicyLoop:
         # Bring the updates up to the replay ratio for every step collected: the run ends exactly on ratio.
         self.drain()
         if self.owed_updates() > 0 and not d.stop_requested.is_set():
-            d.record_updates(ray.get(d.actors.learner.train.remote(self.owed_updates())))
+            d.record_updates(ray.get(d.actors.learner.train_on_replay.remote(self.owed_updates())))
             d.publish()
 
     def _budget_taken(self) -> bool:
@@ -95,7 +95,7 @@ class OffPolicyLoop:
         warmup = d.counters.env_steps < self.algo.learning_starts  # random actions: only a fresh run
         weights = None if self.sent_version[i] == version else d.weights_ref
         epsilon = self.algo.worker_epsilon(d.counters.env_steps, i, len(d.actors.workers))
-        ref = d.actors.workers[i].collect.remote(self.fragment_length, weights, warmup, epsilon)
+        ref = d.actors.workers[i].collect_fragments.remote(self.fragment_length, weights, warmup, epsilon)
         self.sent_version[i] = version
         self.pending[ref] = ("worker", i)
         self.in_flight[i] += 1

@@ -104,7 +104,7 @@ class RolloutWorker:
         return frame[0] if per_frame == 1 else np.moveaxis(frame, 0, -1)
 
     # ----- off-policy -----
-    def collect(
+    def collect_fragments(
         self,
         num_steps: int,
         weights: PolicyWeights | None = None,
