@@ -113,13 +113,13 @@ def main() -> None:
     info = machine_info()
     print(f"soak: {info}; {args.algo} laptop preset, replay {args.replay_budget}, {args.minutes:g} min", flush=True)
     rows, log, status = soak(args.algo, args.minutes, args.replay_budget, args.sample)
-    if status != 0:
+    if status != 0:  # the minutes measured still count: report them, marked failed, and judge nothing
         print(log[-3000:])
-        raise SystemExit(f"soak: the run failed (exit {status})")
+        print(f"soak: the run failed (exit {status}); its {len(rows)} measured minute(s) follow, unjudged")
     for r in rows:
         print(f"minute {r['minute']:3d}  PSS {r['pss_bytes'] / GB:6.3f} GB  {r['processes']:3d} processes  "
               f"replay {r['replay_fill_pct'] if r['replay_fill_pct'] is not None else '-'}%")
-    verdict = judge(rows, parse_bytes(args.replay_budget))
+    verdict = judge(rows, parse_bytes(args.replay_budget)) if status == 0 else {"verdict": f"run failed ({status})"}
     if "slope_bytes_per_min" in verdict:
         v = verdict
         print(f"soak: replay full from minute {v['filled_at_minute']}; after it PSS moved "
@@ -128,14 +128,16 @@ def main() -> None:
               f"so a 6 GB laptop (4 GB target) can give the replay {v['laptop_replay_budget_bytes'] / GB:.2f} GB")
     else:
         print(f"soak: {verdict['verdict']}")
-    if args.out:
+    if args.out and rows:
         with open(args.out, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
     print_json_last({"benchmark": "soak", "machine": {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
                      "algo": args.algo, "minutes": args.minutes, "replay_budget": args.replay_budget,
-                     "rows": rows, **verdict})
+                     "exit_status": status, "rows": rows, **verdict})
+    if status != 0:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
