@@ -42,36 +42,43 @@ def raw_env_speed(config, seconds: float) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def start_actors(config, workers: int, capacity: int):
+    """The run's own actors (runtime.actors.RunActors, as the driver builds them): `workers` rollout workers,
+    one replay shard, the learner."""
+    import copy
+
+    from distracer.envs import env_spaces
+    from distracer.runtime.actors import RunActors
+
+    config = copy.deepcopy(config)
+    config.resources.num_workers, config.replay.num_shards = workers, 1
+    actors = RunActors(config, *env_spaces(config.env), gpus=0.0)
+    actors.start(capacity, learner_state=None, replay_dir=None, restart_salt=0)
+    return actors
+
+
 def system_env_speed(config, workers: int, seconds: float) -> float:
     """Env steps/s that land in the shard, driving workers exactly as the driver does in warm-up."""
     import ray
 
-    from distracer.envs import env_spaces
-    from distracer.replay.shard import ReplayShardImpl
-    from distracer.runtime.worker import RolloutWorker
-
-    obs_shape, spec = env_spaces(config.env)
-    shard = ray.remote(num_cpus=0)(ReplayShardImpl).remote(
-        capacity=50_000, frame_shape=obs_shape[1:], action_shape=(spec.n,), frame_stack=obs_shape[0])
-    actors = [ray.remote(num_cpus=1)(RolloutWorker).remote(config, i, shard) for i in range(workers)]
-    ray.get([a.ready.remote() for a in actors])
-    frag = config.resources.fragment_length
-    ray.get([a.collect_fragments.remote(frag, None, True) for a in actors])  # warm up
+    actors = start_actors(config, workers, capacity=50_000)
+    shard, frag = actors.shards[0], config.resources.fragment_length
+    ray.get([a.collect_fragments.remote(frag, None, True) for a in actors.workers])  # warm up
     start_inserts = ray.get(shard.stats.remote())["inserts"]
     start = time.perf_counter()
     # Two calls queued per worker, as the driver keeps them.
-    pending = {a.collect_fragments.remote(frag, None, True): a for a in actors for _ in range(2)}
+    pending = {a.collect_fragments.remote(frag, None, True): a for a in actors.workers for _ in range(2)}
     while time.perf_counter() - start < seconds:
         [done], _ = ray.wait(list(pending))
-        actor = pending.pop(done)
+        worker = pending.pop(done)
         ray.get(done)
-        pending[actor.collect_fragments.remote(frag, None, True)] = actor
+        pending[worker.collect_fragments.remote(frag, None, True)] = worker
     ray.get(list(pending))
+    ray.get([a.flush.remote() for a in actors.workers])
     elapsed = time.perf_counter() - start
     # Inserts count entries (frames); reset frames are not env steps but are ~0.1% of entries.
     inserts = ray.get(shard.stats.remote())["inserts"] - start_inserts
-    for a in actors + [shard]:
-        ray.kill(a)
+    actors.kill()
     return inserts / elapsed
 
 
@@ -108,26 +115,17 @@ def system_update_speed(config, updates: int) -> float:
     """Updates/s of the LearnerActor pulling batches from a filled shard over Ray."""
     import ray
 
-    from distracer.envs import env_spaces
-    from distracer.replay.shard import ReplayShardImpl
-    from distracer.runtime.learner import LearnerActor
-    from distracer.runtime.worker import RolloutWorker
-
-    obs_shape, spec = env_spaces(config.env)
-    shard = ray.remote(num_cpus=0)(ReplayShardImpl).remote(
-        capacity=20_000, frame_shape=obs_shape[1:], action_shape=(spec.n,), frame_stack=obs_shape[0])
-    worker = ray.remote(num_cpus=1)(RolloutWorker).remote(config, 0, shard)
-    ray.get(worker.collect_fragments.remote(1000, None, True))  # fill with real frames
-    ray.kill(worker)
-    learner = ray.remote(num_cpus=1)(LearnerActor).remote(config, obs_shape, spec, [shard])
+    actors = start_actors(config, 1, capacity=20_000)
+    ray.get(actors.workers[0].collect_fragments.remote(1000, None, True))  # fill with real frames
+    ray.get(actors.workers[0].flush.remote())
+    learner = actors.learner
     ray.get(learner.train_on_replay.remote(2))  # warm up the pipeline
     start = time.perf_counter()
     ray.get(learner.train_on_replay.remote(updates))
     elapsed = time.perf_counter() - start
     timing = ray.get(learner.timing.remote())
     print(f"    learner actor: update {timing['update_seconds']:.2f}s, waiting on replay {timing['wait_seconds']:.2f}s")
-    for a in (learner, shard):
-        ray.kill(a)
+    actors.kill()
     return updates / elapsed
 
 
