@@ -181,22 +181,27 @@ def remove_unfinished_writes(ckpt_root: str | Path) -> list[Path]:
     return removed
 
 
-def newest_intact(ckpt_root: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest sealed checkpoint under `ckpt_root` that verifies and loads, and the (path, one-line reason) of
-    every newer one that does not, newest first. Walks back from the newest, so it reads only what it must."""
+def newest_intact(ckpt_root: str | Path) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
+    """The newest sealed checkpoint under `ckpt_root` that verifies and loads (loaded), and the (path, one-line
+    reason) of every newer one that does not, newest first. Walks back from the newest: reads only what it must."""
     damaged: list[tuple[Path, str]] = []
     for path in reversed(list_checkpoints(ckpt_root)):
         try:
-            load_checkpoint(path)
+            return load_checkpoint(path), damaged
         except ConfigError as exc:
             damaged.append((path, str(exc)))
-            continue
-        return path, damaged
     return None, damaged
 
 
 def find_resume_checkpoint(run_dir: str | Path, fallback: bool) -> tuple[Path | None, list[str]]:
-    """What `--resume auto` resumes from in `run_dir`: (checkpoint or None for a fresh start, notes to print).
+    """The path of `resume_point`'s checkpoint, and its notes."""
+    found, notes = resume_point(run_dir, fallback)
+    return (found.path if found is not None else None), notes
+
+
+def resume_point(run_dir: str | Path, fallback: bool) -> tuple[Checkpoint | None, list[str]]:
+    """What `--resume auto` resumes from in `run_dir`: (the checkpoint, verified and loaded once, or None for a
+    fresh start; notes to print).
 
     Never starts from scratch silently where the directory holds checkpoint material: an unusable newest
     checkpoint is a one-line ConfigError naming the newest intact one (taken instead when `fallback`), and a
@@ -212,9 +217,10 @@ def find_resume_checkpoint(run_dir: str | Path, fallback: bool) -> tuple[Path | 
                               "remove them or pass --resume with a checkpoint to start from")
         if not fallback:
             raise ConfigError(f"--resume auto: the newest checkpoint is damaged ({reason}); the newest intact one is "
-                              f"{str(newest)!r}: pass --resume {newest}, or set checkpoint.resume_fallback=true")
+                              f"{str(newest.path)!r}: pass --resume {newest.path}, or set "
+                              "checkpoint.resume_fallback=true")
         notes.append(f"distracer: warning: skipped {len(damaged)} damaged checkpoint(s), newest {first_path.name} "
-                     f"({reason}); resuming from {newest.name}")
+                     f"({reason}); resuming from {newest.path.name}")
     elif newest is None and unfinished_writes(root):
         notes.append(f"distracer: {str(root)!r} holds only unfinished checkpoint writes (a run killed while "
                      "writing its first checkpoint); starting from step 0")

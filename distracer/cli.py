@@ -38,12 +38,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(config_files, args.overrides)
     resume = args.resume
     if resume == "auto":
-        from distracer.checkpoint import find_resume_checkpoint
+        from distracer.checkpoint import resume_point
 
-        found, notes = find_resume_checkpoint(config.run_dir, config.checkpoint.resume_fallback)
+        resume, notes = resume_point(config.run_dir, config.checkpoint.resume_fallback)  # verified once, here
         for note in notes:
             print(note, flush=True)
-        resume = str(found) if found else None
     summary = train(config, resume=resume)
     print(f"distracer: done: {summary['env_steps']:,} env steps, {summary['num_updates']:,} updates, "
           f"eval {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}; "

@@ -24,6 +24,7 @@ import ray
 
 from distracer.algos import spec
 from distracer.checkpoint import (
+    Checkpoint,
     check_writable_dir,
     list_checkpoints,
     load_checkpoint,
@@ -59,10 +60,11 @@ class Driver:
 
     `reporter` is called with a `RunReport` after each evaluation and each checkpoint."""
 
-    def __init__(self, config: TrainConfig, resume: str | Path | None = None, reporter: Reporter | None = None,
-                 handle_signals: bool = True, in_trial: bool = False):
-        """`in_trial`: a `distracer tune` trial, whose placement group (`bundle_layout`) already holds the
-        run's resources; each actor is pinned to its bundle."""
+    def __init__(self, config: TrainConfig, resume: str | Path | Checkpoint | None = None,
+                 reporter: Reporter | None = None, handle_signals: bool = True, in_trial: bool = False):
+        """`resume`: a checkpoint (or run) directory, or a `Checkpoint` already loaded (`--resume auto`).
+        `in_trial`: a `distracer tune` trial, whose placement group (`bundle_layout`) already holds the run's
+        resources; each actor is pinned to its bundle."""
         self.config = config
         self.reporter = reporter
         self.handle_signals = handle_signals
@@ -70,7 +72,7 @@ class Driver:
         self.final_report: RunReport | None = None
         self.off_policy = spec(config.algo).off_policy
         self.counters = self._fresh_counters()
-        self.checkpoint = load_checkpoint(resume) if resume else None
+        self.checkpoint = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume) if resume else None
         if self.checkpoint is not None:
             self._check_resume_compatible()
         self.run_dir = check_writable_dir(config.run_dir)  # before Ray and any actor
@@ -443,7 +445,7 @@ class Driver:
             ray.shutdown()
 
 
-def train(config: TrainConfig, resume: str | Path | None = None, reporter: Reporter | None = None,
+def train(config: TrainConfig, resume: str | Path | Checkpoint | None = None, reporter: Reporter | None = None,
           handle_signals: bool = True) -> dict[str, Any]:
     """Train with `config`; resume from a checkpoint (or a run dir's newest one) when given. Returns the
     summary (`RunReport.to_dict()` of the final report, plus where each actor ran)."""
