@@ -118,7 +118,7 @@ episode is an entry but no transition, and with lz4 the frame arena can evict be
 full, wrapped replay reads 93-98% (measured on the laptop preset), never 100%."""
 
 
-def judge(rows: list[dict], budget_bytes: int) -> dict:
+def judge(rows: list[dict], budget_bytes: int, from_minute: int = 0) -> dict:
     """Growth after the replay filled, over the steady minutes: the first minute (start-up) and the minutes with
     more processes than most (the closing evaluation's task) are left out, as is the last (shutdown).
 
@@ -127,7 +127,7 @@ def judge(rows: list[dict], budget_bytes: int) -> dict:
     cap, then nothing). "grows": growth over the second half too, what a leak looks like."""
     counts = [r["processes"] for r in rows]
     steady = max(set(counts), key=counts.count)
-    body = [r for r in rows[1:-1] if r["processes"] == steady]
+    body = [r for r in rows[1:-1] if r["processes"] == steady and r["minute"] >= from_minute]
     full = [r for r in body if (r["replay_fill_pct"] or 0) >= FULL_PCT]
     if len(full) < 6:
         return {"filled_at_minute": full[0]["minute"] if full else None, "verdict": "replay did not fill early enough"}
@@ -172,14 +172,17 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="CSV of the per-minute rows")
     parser.add_argument("--rejudge", default=None, metavar="JSON",
                         help="judge the rows of an earlier soak's JSON line again (no run)")
+    parser.add_argument("--from-minute", type=int, default=0,
+                        help="with --rejudge: judge from this minute on (e.g. after other processes that shared the "
+                             "run's libraries, and so its PSS, had ended)")
     args = parser.parse_args()
     from distracer.replay.sizing import parse_bytes
 
     if args.rejudge:
         earlier = json.loads(Path(args.rejudge).read_text().strip().splitlines()[-1])
-        verdict = judge(earlier["rows"], parse_bytes(earlier["replay_budget"]))
+        verdict = judge(earlier["rows"], parse_bytes(earlier["replay_budget"]), args.from_minute)
         print_verdict(verdict)
-        print_json_last({**earlier, **verdict, "rejudged": True})
+        print_json_last({**earlier, **verdict, "rejudged": True, "from_minute": args.from_minute})
         return
 
     info = machine_info()
