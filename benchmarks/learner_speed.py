@@ -190,7 +190,8 @@ def ppo_sides(case: Case, device: str, pool: tuple[np.ndarray, np.ndarray], rng:
     rewards = rng.normal(size=n).astype(np.float32)
     advantages = rng.normal(size=n).astype(np.float32)
 
-    cfg = PPOConfig(num_envs=1, num_steps=n, n_epochs=PPO_EPOCHS, minibatch_size=case.batch_size)
+    cfg = PPOConfig(num_envs=1, num_steps=n, n_epochs=PPO_EPOCHS, minibatch_size=case.batch_size,
+                    lr_schedule="constant")  # a schedule needs a run length; speed does not depend on it
     learner = PPOLearner(cfg, OBS_SHAPE, ActionSpec("continuous", 2),
                          DeviceConfig(device=device, precision="fp32"), seed=0)
     col = (n, 1)
