@@ -268,13 +268,6 @@ def _read_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def read_counters(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's counters (env_steps, resumes, ...), verified, without loading its tensors."""
-    path = resolve_checkpoint(path)
-    verify_checkpoint(path)
-    return _read_state(path).get("counters", {})
-
-
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     """Verify and load a checkpoint directory (or a run directory: its newest checkpoint)."""
     path = resolve_checkpoint(path)

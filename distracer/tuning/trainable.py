@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import tune
 
-from distracer.checkpoint import read_counters
+from distracer.checkpoint import Checkpoint, load_checkpoint
 from distracer.runtime.report import RunReport
 from distracer.tuning.search import Search, trial_config
 
@@ -44,7 +44,7 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
         else:
             tune.report(metrics(report, last_was_evaluation))
 
-    def run(resume: str | None) -> None:
+    def run(resume: Checkpoint | None) -> None:
         driver = Driver(config, resume=resume, reporter=reporter, handle_signals=False, in_trial=True)
         driver.run()
         final = driver.final_report
@@ -58,8 +58,9 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
         run(None)
         return
     with restored.as_directory() as ckpt_dir:  # kept open for the whole run: a saved replay is read at setup
-        restarts = read_counters(ckpt_dir).get("resumes", 0) + 1
-        run(ckpt_dir)
+        checkpoint = load_checkpoint(ckpt_dir)  # verified once, here, and handed to the driver
+        restarts = checkpoint.state["counters"].get("resumes", 0) + 1
+        run(checkpoint)
 
 
 def _trial_run_dir(search: Search) -> str:
