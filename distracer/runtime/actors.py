@@ -33,38 +33,40 @@ def num_shards(config: TrainConfig) -> int:
     return config.replay.num_shards if spec(config.algo).off_policy else 0
 
 
+def actor_demands(config: TrainConfig, gpus: float) -> list[dict[str, float]]:
+    """What each actor asks for (resource -> amount, zeros left out), in bundle order from the learner on: the
+    learner, one per rollout worker, one per replay shard (off-policy)."""
+    res = config.resources
+
+    def demand(cpus: float, extra: dict, gpu: float = 0.0) -> dict[str, float]:
+        out = {"CPU": float(cpus), "GPU": float(gpu), **{k: float(v) for k, v in extra.items()}}
+        return {k: v for k, v in out.items() if v > 0}
+
+    return ([demand(res.learner_cpus, res.learner_resources, gpus)]
+            + [demand(res.worker_cpus, res.worker_resources)] * res.num_workers
+            + [demand(res.shard_cpus, res.worker_resources)] * num_shards(config))
+
+
 def bundle_layout(config: TrainConfig, gpus: float) -> list[dict[str, float]]:
     """Placement-group bundles of one run, in the order `RunActors` pins the actors to them.
 
-    0: the driver itself (and evaluation, which asks for 0 CPUs); 1: the learner; then one per rollout
-    worker; then one per replay shard (off-policy). `distracer tune` reserves exactly these per trial.
+    0: the driver itself (and evaluation, which asks for 0 CPUs); then `actor_demands` from LEARNER_BUNDLE on.
+    `distracer tune` reserves exactly these per trial.
     """
-    res = config.resources
-
-    def bundle(cpus: float, extra: dict | None = None, gpu: float = 0.0) -> dict[str, float]:
-        out = {"CPU": float(cpus), **{k: float(v) for k, v in (extra or {}).items()}}
-        if gpu > 0:
-            out["GPU"] = float(gpu)
-        return {k: v for k, v in out.items() if v > 0} or {"CPU": 0.01}  # Ray refuses an empty bundle
-
-    return ([bundle(1.0), bundle(res.learner_cpus, res.learner_resources, gpus)]
-            + [bundle(res.worker_cpus, res.worker_resources)] * res.num_workers
-            + [bundle(res.shard_cpus, res.worker_resources)] * num_shards(config))
+    # Ray refuses an empty bundle: an actor that asks for nothing (shard_cpus 0) gets a token CPU share.
+    return [{"CPU": 1.0}] + [d or {"CPU": 0.01} for d in actor_demands(config, gpus)]
 
 
 def actor_resources(config: TrainConfig, gpus: float) -> tuple[dict[str, float], str]:
     """What the run's actors ask of the cluster in all (resource -> amount), and how that adds up, in words."""
+    asked: dict[str, float] = {}
+    for d in actor_demands(config, gpus):
+        for name, amount in d.items():
+            asked[name] = asked.get(name, 0.0) + amount
     res, shards = config.resources, num_shards(config)
-    asked: dict[str, float] = {"CPU": res.learner_cpus + res.num_workers * res.worker_cpus + shards * res.shard_cpus}
-    if gpus:
-        asked["GPU"] = gpus
-    for name, amount in res.learner_resources.items():
-        asked[name] = asked.get(name, 0.0) + float(amount)
-    for name, amount in res.worker_resources.items():
-        asked[name] = asked.get(name, 0.0) + float(amount) * (res.num_workers + shards)
     what = (f"learner {res.learner_cpus:g} CPU, {res.num_workers} worker(s) x {res.worker_cpus:g}"
             + (f", {shards} shard(s) x {res.shard_cpus:g}" if shards else ""))
-    return {k: v for k, v in asked.items() if v > 0}, what
+    return asked, what
 
 
 class RunActors:
