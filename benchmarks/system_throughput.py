@@ -62,7 +62,7 @@ def system_env_speed(config, workers: int, seconds: float) -> float:
     import ray
 
     actors = start_actors(config, workers, capacity=50_000)
-    shard, frag = actors.shards[0], config.resources.fragment_length
+    shard, frag = actors.shards[0], config.off_policy.fragment_length
     ray.get([a.collect_fragments.remote(frag, None, True) for a in actors.workers])  # warm up
     start_inserts = ray.get(shard.stats.remote())["inserts"]
     start = time.perf_counter()
@@ -143,7 +143,7 @@ def main() -> None:
 
     config = load_config(["tune_configs/sac_drq.yaml"], [
         f"sac_drq.batch_size={args.batch_size}", f"env.action_repeat={args.action_repeat}",
-        "learner.device=cpu", "resources.fragment_length=64"])
+        "learner.device=cpu", "off_policy.fragment_length=64"])
     info = machine_info()
     print(f"machine: {info}")
     result: dict = {"machine": info, "action_repeat": args.action_repeat, "batch_size": args.batch_size}

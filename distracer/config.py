@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -75,20 +75,12 @@ class ResourcesConfig:
     """Custom Ray resources the learner actor asks for, e.g. {learner_node: 1} to pin it to a node type."""
     worker_resources: dict = field(default_factory=dict)
     """Custom Ray resources each rollout worker and replay shard asks for, e.g. {rollout_node: 0.01}."""
-    fragment_length: int = 64
-    """Steps per env that a rollout worker collects before pushing a fragment (off-policy)."""
-    weights_every: int = 50
-    """Learner publishes new policy weights every this many updates (off-policy)."""
 
     def validate(self) -> None:
         if self.num_workers < 1:
             raise ConfigError(f"resources.num_workers={self.num_workers} must be >= 1")
         if self.envs_per_worker < 1:
             raise ConfigError(f"resources.envs_per_worker={self.envs_per_worker} must be >= 1")
-        if self.fragment_length < 1:
-            raise ConfigError(f"resources.fragment_length={self.fragment_length} must be >= 1")
-        if self.weights_every < 1:
-            raise ConfigError(f"resources.weights_every={self.weights_every} must be >= 1")
         for name in ("worker_cpus", "learner_cpus", "shard_cpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"resources.{name}={getattr(self, name)} must be >= 0")
@@ -100,6 +92,23 @@ class ResourcesConfig:
             raise ConfigError(f"resources.connect_timeout_s={self.connect_timeout_s} must be > 0")
         if self.learner_gpus < 0 and self.learner_gpus != -1:
             raise ConfigError(f"resources.learner_gpus={self.learner_gpus} must be -1 (auto) or >= 0")
+
+
+@dataclass
+class OffPolicyLoopConfig:
+    """How rollout workers and the learner of an off-policy run (SAC+DrQ, DQN) exchange data:
+    `runtime/off_policy.py`'s OffPolicyLoop. PPO's rollouts are `ppo.num_steps` long."""
+
+    fragment_length: int = 64
+    """Agent steps per env that a rollout worker collects before pushing one fragment to its replay shard."""
+    weights_interval: int = 50
+    """The learner publishes new policy weights to the workers every this many updates."""
+
+    def validate(self) -> None:
+        if self.fragment_length < 1:
+            raise ConfigError(f"off_policy.fragment_length={self.fragment_length} must be >= 1")
+        if self.weights_interval < 1:
+            raise ConfigError(f"off_policy.weights_interval={self.weights_interval} must be >= 1")
 
 
 @dataclass
@@ -164,6 +173,7 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     learner: DeviceConfig = field(default_factory=DeviceConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    off_policy: OffPolicyLoopConfig = field(default_factory=OffPolicyLoopConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -172,6 +182,12 @@ class TrainConfig:
     dqn: Any = _algo_default("dqn")
     tune: dict = field(default_factory=dict)
     """Tune settings (search space, scheduler, stoppers) read by `distracer tune`; ignored by `train`."""
+
+    MOVED: ClassVar[dict[str, str]] = {
+        "resources.fragment_length": "off_policy.fragment_length",
+        "resources.weights_every": "off_policy.weights_interval",
+    }
+    """Settings that moved to another section (old dotted path -> new); the old paths still load, with a note."""
 
     @property
     def algo_config(self) -> Any:
@@ -185,7 +201,8 @@ class TrainConfig:
             raise ConfigError(f"total_env_steps={self.total_env_steps} must be >= 1")
         if self.seed < 0 or self.seed >= self.eval.seed:
             raise ConfigError(f"seed={self.seed} must be in [0, eval.seed={self.eval.seed}) so eval tracks stay unseen")
-        for section in (self.env, self.learner, self.resources, self.replay, self.eval, self.checkpoint):
+        for section in (self.env, self.learner, self.resources, self.off_policy, self.replay, self.eval,
+                        self.checkpoint):
             section.validate()
         algo = spec(self.algo)
         self.algo_config.derive(self.total_env_steps, self.resources.num_workers * self.resources.envs_per_worker)
@@ -297,6 +314,26 @@ def _current_names(config: Any, data: dict[str, Any], prefix: str) -> dict[str, 
     return out
 
 
+def _moved_to_their_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a whole TrainConfig dict) with the settings of TrainConfig.MOVED under their new paths, with the
+    same one-line note as a rename."""
+    for old, new in TrainConfig.MOVED.items():
+        old_section, old_key = old.split(".")
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        new_section, new_key = new.split(".")
+        target = data.get(new_section)
+        if isinstance(target, dict) and new_key in target:
+            raise ConfigError(f"{old} and {new} are the same setting (the old name and the new); keep {new}")
+        if old not in _NOTED_RENAMES:
+            _NOTED_RENAMES.add(old)
+            print(f"distracer: note: {old} is now called {new}; the old name still loads", file=sys.stderr)
+        data = {**data, old_section: {k: v for k, v in section.items() if k != old_key},
+                new_section: {**(target if isinstance(target, dict) else {}), new_key: section[old_key]}}
+    return data
+
+
 def apply_dict(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
     """Set the fields of dataclass `config` from `data`, recursively and strictly (old names of renamed
     fields are taken, with a note)."""
@@ -389,4 +426,6 @@ def load_config(
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A validated TrainConfig from a plain (possibly nested) dict, e.g. a checkpoint's or Tune's."""
-    return apply_dict(TrainConfig(), data).validate()
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping, got {data!r}")
+    return apply_dict(TrainConfig(), _moved_to_their_sections(data)).validate()

@@ -105,3 +105,25 @@ def test_a_config_saved_under_the_old_names_loads(tmp_path):
     section["feature_dim"], section["updates_per_step"] = section.pop("features_dim"), section.pop("replay_ratio")
     config = config_from_dict(saved)  # what a checkpoint written before the rename holds
     assert config.sac_drq.features_dim == 64 and config.sac_drq.replay_ratio == 2.0
+
+
+def test_settings_that_moved_section_still_load_with_a_note(capsys):
+    import distracer.config as config_module
+    from distracer.config import config_from_dict
+    from distracer.errors import ConfigError
+
+    config_module._NOTED_RENAMES.clear()
+    config = load_config(None, ["resources.fragment_length=16", "resources.weights_every=10"])
+    assert (config.off_policy.fragment_length, config.off_policy.weights_interval) == (16, 10)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert notes == ["distracer: note: resources.fragment_length is now called off_policy.fragment_length; "
+                     "the old name still loads",
+                     "distracer: note: resources.weights_every is now called off_policy.weights_interval; "
+                     "the old name still loads"]
+    saved = load_config(None, []).to_dict()  # a checkpoint written before the move holds them under resources
+    saved["resources"]["weights_every"] = saved["off_policy"].pop("weights_interval")
+    assert config_from_dict(saved).off_policy.weights_interval == 50
+    with pytest.raises(ConfigError, match="same setting"):
+        load_config(None, ["resources.fragment_length=16", "off_policy.fragment_length=8"])
+    with pytest.raises(ConfigError, match="off_policy.weights_interval=0 must be >= 1"):
+        load_config(None, ["off_policy.weights_interval=0"])

@@ -23,6 +23,8 @@ from distracer.envs.wrappers import (  # noqa: E402
     DISCRETE_ACTIONS,
     ActionRepeat,
     DiscreteActions,
+    NoProgressPenalty,
+    NoProgressTermination,
     SteerAccelActions,
     steer_accel_to_native,
 )
@@ -290,6 +292,90 @@ def test_steer_accel_mapping():
     assert env.action_space.shape == (2,) and env.action(np.array([0.2, -0.4])).tolist() == pytest.approx(
         [0.2, 0.0, 0.4]
     )
+
+
+class ScriptedRewards(gym.Env):
+    """A one-number env whose rewards follow a script: what the no-progress rule counts, without physics."""
+
+    observation_space = gym.spaces.Box(0, 1, shape=(1,))
+    action_space = gym.spaces.Discrete(1)
+
+    def __init__(self, rewards: list[float]):
+        self.rewards = rewards
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        reward = self.rewards[self.t]
+        self.t += 1
+        return np.zeros(1, np.float32), reward, False, self.t == len(self.rewards), {}
+
+
+def run_episode(env: gym.Env) -> list[Step]:
+    env.reset()
+    steps = []
+    while not steps or not (steps[-1][2] or steps[-1][3]):
+        steps.append(env.step(0))
+    return steps
+
+
+def test_no_progress_counts_frames_since_the_last_positive_reward():
+    # 3 frames without progress, a tile, then 4 without: ends on the 4th (limit 4), not after 4 in all.
+    steps = run_episode(NoProgressTermination(ScriptedRewards([-0.1] * 3 + [3.2] + [-0.1] * 10), limit=4))
+    assert len(steps) == 8 and steps[-1][2] and steps[-1][4] == {"no_progress": True}
+    assert not any(s[2] or "no_progress" in s[4] for s in steps[:-1])
+    # An episode the time limit ends first is truncated, not marked.
+    steps = run_episode(NoProgressTermination(ScriptedRewards([-0.1] * 3), limit=4))
+    assert len(steps) == 3 and steps[-1][3] and not steps[-1][2] and "no_progress" not in steps[-1][4]
+    with pytest.raises(ValueError, match="limit=0"):
+        NoProgressTermination(ScriptedRewards([0.0]), limit=0)
+
+
+def test_no_progress_penalty_is_shaping_only():
+    """The learner's reward gets the penalty; the episode statistics beneath keep the unshaped return."""
+    from gymnasium.wrappers import RecordEpisodeStatistics
+
+    env = NoProgressPenalty(RecordEpisodeStatistics(NoProgressTermination(ScriptedRewards([1.0] + [-0.1] * 9), 2)),
+                            penalty=-100.0)
+    steps = run_episode(env)
+    assert [s[1] for s in steps] == pytest.approx([1.0, -0.1, -100.1])
+    assert steps[-1][4]["episode"]["r"] == pytest.approx(0.8) and steps[-1][4]["episode"]["l"] == 3
+
+
+def test_make_env_ends_only_training_episodes_of_a_stopped_car():
+    """A car that never moves: a training env ends it after `no_progress_frames` frames; the stock env an
+    evaluation builds from the same config runs the whole episode."""
+    config = EnvConfig(action_repeat=2, frame_size=64, no_progress_frames=30, no_progress_penalty=-100.0)
+    stop = np.zeros(2, dtype=np.float32)
+    train = make_env(config, seed=5, training=True)
+    train.reset()
+    for _ in range(100):
+        _, reward, terminated, truncated, info = train.step(stop)
+        if terminated or truncated:
+            break
+    assert terminated and info["no_progress"] and info["episode"]["l"] <= 40  # raw frames
+    assert -100.2 - 1e-6 <= reward <= -100.1 + 1e-6 and info["episode"]["r"] > -100.0  # ends on either frame
+    evaluation = make_env(config, seed=5, stock=True)
+    evaluation.reset()
+    assert not any(evaluation.step(stop)[2] for _ in range(50))  # 100 frames, still going
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"no_progress_frames": -1}, "no_progress_frames=-1"),
+        ({"no_progress_frames": 50, "no_progress_penalty": 5.0}, "no_progress_penalty=5.0 must be <= 0"),
+        ({"no_progress_penalty": -10.0}, "never applies"),
+    ],
+)
+def test_no_progress_settings_are_checked(settings, message):
+    from distracer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        EnvConfig(**settings).validate()
 
 
 def test_discrete_mapping():

@@ -323,12 +323,25 @@ class SACDrQLearner(Learner):
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         self._check_batch(batch)
         cfg = self.config
+        update_actor = self.num_updates % cfg.actor_update_interval == 0
+        total_loss, values = self._losses(batch, update_actor)
+        metrics = self._step(total_loss, values, update_actor)
+        if self.num_updates % cfg.target_update_interval == 0:
+            with torch.no_grad():
+                torch._foreach_lerp_(self._targets, self._online_for_target, cfg.tau)
+        self.num_updates += 1
+        return metrics
+
+    def _losses(self, batch: dict[str, np.ndarray], update_actor: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The summed critic (and, every actor_update_interval-th update, actor and temperature) losses on
+        DrQ-augmented observations, and the metric tensors (no host sync). Kostrikov et al. 2020, DrQ; the
+        reference implementation is denisyarats/drq (`DRQAgent.update_critic/update_actor_and_alpha`)."""
+        cfg = self.config
         obs = self.to_tensor(batch["obs"])
         next_obs = self.to_tensor(batch["next_obs"])
         action = self.to_tensor(batch["action"]).float()
         reward = self.to_tensor(batch["reward"]).float()
         discount = self.to_tensor(batch["discount"]).float()
-        update_actor = self.num_updates % cfg.actor_update_interval == 0
         alpha = self.log_alpha.value.detach().exp()
 
         with self.autocast():
@@ -351,35 +364,36 @@ class SACDrQLearner(Learner):
             q = self.critic(features, action).float()
             critic_loss = (q - target.unsqueeze(0)).pow(2).mean(dim=1).sum()
             total_loss = critic_loss
+            values = {"critic_loss": critic_loss, "q_mean": q.detach().mean(), "target_q_mean": target.mean(),
+                      "alpha": alpha}
+            if not update_actor:
+                return total_loss, values
+            # The actor sees detached features (encoder trained by the critic only) and differentiates the
+            # Q heads w.r.t. its action only, so one backward of the summed losses leaves each parameter
+            # the gradient of its own loss.
+            pi_action, log_prob = self.actor.sample(features.detach(), self._noise(features))
+            log_prob = log_prob.float()
+            q_pi = self.critic(features.detach(), pi_action, detach_params=True).min(dim=0).values.float()
+            actor_loss = (alpha * log_prob - q_pi).mean()
+            if cfg.learn_alpha:
+                alpha_loss = -(self.log_alpha.value.exp() * (log_prob.detach() + self.target_entropy)).mean()
+            else:
+                alpha_loss = torch.zeros((), device=self.device)
+        values.update(actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach(),
+                      entropy=-log_prob.detach().mean())
+        return total_loss + actor_loss + alpha_loss, values
 
-            if update_actor:
-                # The actor sees detached features (encoder trained by the critic only) and differentiates the
-                # Q heads w.r.t. its action only, so one backward of the summed losses leaves each parameter
-                # the gradient of its own loss.
-                pi_action, log_prob = self.actor.sample(features.detach(), self._noise(features))
-                log_prob = log_prob.float()
-                q_pi = self.critic(features.detach(), pi_action, detach_params=True).min(dim=0).values.float()
-                actor_loss = (alpha * log_prob - q_pi).mean()
-                entropy = -log_prob.detach().mean()
-                if cfg.learn_alpha:
-                    alpha_loss = -(self.log_alpha.value.exp() * (log_prob.detach() + self.target_entropy)).mean()
-                else:
-                    alpha_loss = torch.zeros((), device=self.device)
-                total_loss = total_loss + actor_loss + alpha_loss
-
+    def _step(self, total_loss: torch.Tensor, values: dict[str, torch.Tensor], update_actor: bool) -> dict[str, float]:
+        """One backward of the summed losses and the optimiser steps (AMP-scaled, grad-norm clipped); the
+        metrics as floats. Raises NonFiniteLossError (weights and optimisers untouched) on a NaN/inf."""
         for opt in (self.critic_opt, self.actor_opt, self.alpha_opt):
             opt.zero_grad(set_to_none=True)
         self.scaler.scale(total_loss).backward()
-
-        critic_gn = self._grad_norm(self.critic_opt, self.critic_params)
-        values = {"critic_loss": critic_loss, "critic_grad_norm": critic_gn,
-                  "q_mean": q.detach().mean(), "target_q_mean": target.mean(), "alpha": alpha}
+        values["critic_grad_norm"] = self._grad_norm(self.critic_opt, self.critic_params)
         if update_actor:
-            actor_gn = self._grad_norm(self.actor_opt, self.actor_params)
-            if cfg.learn_alpha:
+            values["actor_grad_norm"] = self._grad_norm(self.actor_opt, self.actor_params)
+            if self.config.learn_alpha:
                 self.scaler.unscale_(self.alpha_opt)
-            values.update(actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach(), actor_grad_norm=actor_gn,
-                          entropy=entropy)
         # The one host sync of the update: every metric in one transfer; it also decides the NaN check.
         floats = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
         metrics = dict(zip(values, floats))
@@ -395,13 +409,9 @@ class SACDrQLearner(Learner):
         self.scaler.step(self.critic_opt)
         if update_actor:
             self.scaler.step(self.actor_opt)
-            if cfg.learn_alpha:
+            if self.config.learn_alpha:
                 self.scaler.step(self.alpha_opt)
         self.scaler.update()
-        if self.num_updates % cfg.target_update_interval == 0:
-            with torch.no_grad():
-                torch._foreach_lerp_(self._targets, self._online_for_target, cfg.tau)
-        self.num_updates += 1
         return metrics
 
     def _grad_norm(self, opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> torch.Tensor:

@@ -12,6 +12,8 @@ from distracer.envs.config import EnvConfig
 from distracer.envs.wrappers import (
     ActionRepeat,
     DiscreteActions,
+    NoProgressPenalty,
+    NoProgressTermination,
     SeedOnFirstReset,
     StackedChannels,
     SteerAccelActions,
@@ -41,6 +43,7 @@ def make_env(
     *,
     stock: bool | None = None,
     render_mode: str | None = None,
+    training: bool = False,
 ) -> gym.Env:
     """Build CarRacing-v3 with distracer's wrappers.
 
@@ -53,12 +56,19 @@ def make_env(
         seed: seeds the first reset (the track) and the action space.
         stock: force the stock (True) or fast (False) simulator; None follows `config.fast`.
         render_mode: passed to the env, e.g. "rgb_array" for full-resolution video frames.
+        training: a rollout worker's env: adds the training-only `no_progress_*` rules of `config`. Evaluation
+            leaves it False, so scores are always whole stock episodes.
     """
     config = config or EnvConfig()
     config.validate()
     use_stock = (not config.fast) if stock is None else stock
     env = gym.make(STOCK_ID if use_stock else FAST_ID, render_mode=render_mode)
+    ends_early = training and config.no_progress_frames > 0
+    if ends_early:
+        env = NoProgressTermination(env, config.no_progress_frames)
     env = RecordEpisodeStatistics(env)
+    if ends_early and config.no_progress_penalty:
+        env = NoProgressPenalty(env, config.no_progress_penalty)
     env = SteerAccelActions(env) if config.action_space == "continuous" else DiscreteActions(env)
     if config.action_repeat > 1:
         env = ActionRepeat(env, config.action_repeat)

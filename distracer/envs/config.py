@@ -28,6 +28,12 @@ class EnvConfig:
     """Each agent action is applied this many env steps, rewards summed; only the last frame is drawn."""
     frame_stack: int = 4
     """Number of most recent frames stacked into one observation."""
+    no_progress_frames: int = 0
+    """Training only: end an episode after this many consecutive env frames without reaching a new track tile
+    (a stopped or lost car); 0 = never. Evaluation always runs the full stock episode."""
+    no_progress_penalty: float = 0.0
+    """Training only: reward (<= 0) added to the step that ends an episode for no progress (shaping; reported
+    training returns and all scores stay unmodified)."""
 
     def validate(self) -> None:
         if self.action_space not in ACTION_SPACES:
@@ -42,6 +48,14 @@ class EnvConfig:
             raise ConfigError(f"env.frame_stack={self.frame_stack} must be >= 1")
         if self.action_repeat < 1:
             raise ConfigError(f"env.action_repeat={self.action_repeat} must be >= 1")
+        if self.no_progress_frames < 0:
+            raise ConfigError(f"env.no_progress_frames={self.no_progress_frames} must be >= 0 (0 = off)")
+        if self.no_progress_penalty > 0:
+            raise ConfigError(
+                f"env.no_progress_penalty={self.no_progress_penalty} must be <= 0 (rewarding a stop teaches stopping)"
+            )
+        if self.no_progress_penalty and not self.no_progress_frames:
+            raise ConfigError("env.no_progress_penalty is set but env.no_progress_frames is 0, so it never applies")
 
     @property
     def channels(self) -> int:

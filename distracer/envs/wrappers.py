@@ -134,3 +134,49 @@ class SeedOnFirstReset(gym.Wrapper):
             seed = self._pending_seed
         self._pending_seed = None
         return self.env.reset(seed=seed, options=options)
+
+
+class NoProgressTermination(gym.Wrapper):
+    """End an episode (``terminated=True``, ``info["no_progress"] = True``) after `limit` consecutive frames
+    without a positive reward, i.e. without reaching a new track tile: a car that has stopped, spun out or
+    left the road. Training only, on the raw env (frames, not agent steps), beneath the episode statistics, so
+    `info["episode"]` still holds the unmodified return of the shortened episode.
+
+    A stuck car otherwise burns the rest of its 1,000 frames at -0.1 each; ending it spends the samples on
+    driving. The same idea as the "die" rule of well-known CarRacing PPO agents (e.g. xtma/pytorch_car_caring
+    ends an episode once the mean reward of the last 100 steps is <= -0.1).
+    """
+
+    def __init__(self, env: gym.Env, limit: int):
+        if limit < 1:
+            raise ValueError(f"no-progress limit={limit} must be >= 1 frame")
+        super().__init__(env)
+        self.limit = limit
+        self._since_progress = 0
+
+    def reset(self, **kwargs: Any):
+        self._since_progress = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._since_progress = 0 if reward > 0 else self._since_progress + 1
+        if self._since_progress >= self.limit and not (terminated or truncated):
+            terminated = True
+            info = {**info, "no_progress": True}
+        return obs, reward, terminated, truncated, info
+
+
+class NoProgressPenalty(gym.Wrapper):
+    """Add `penalty` to the reward of the step that `NoProgressTermination` ended (reward shaping for
+    training; sits above the episode statistics, which keep the unshaped return)."""
+
+    def __init__(self, env: gym.Env, penalty: float):
+        super().__init__(env)
+        self.penalty = float(penalty)
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if info.get("no_progress"):
+            reward = float(reward) + self.penalty
+        return obs, reward, terminated, truncated, info

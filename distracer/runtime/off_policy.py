@@ -35,15 +35,16 @@ class OffPolicyLoop:
 
     Each worker has up to two `collect` calls queued (it starts the next as soon as one returns, never idling
     for a driver round trip); workers pause while the learner is more than about two fragments' worth of
-    updates behind; the learner gets at most `weights_every` updates per call, then new weights are published.
+    updates behind; the learner gets at most `off_policy.weights_interval` updates per call, then new weights
+    are published.
     """
 
     def __init__(self, driver: Driver):
         self.driver = driver
         cfg = driver.config
         self.algo = cfg.algo_config
-        self.fragment_length = cfg.resources.fragment_length
-        self.weights_every = cfg.resources.weights_every
+        self.fragment_length = cfg.off_policy.fragment_length
+        self.weights_interval = cfg.off_policy.weights_interval
         self.steps_per_call = self.fragment_length * cfg.resources.envs_per_worker
         num_workers = len(driver.actors.workers)
         self.max_lag = max(1.0, 2 * self.steps_per_call * num_workers * self.algo.replay_ratio)
@@ -68,7 +69,7 @@ class OffPolicyLoop:
                 while self.in_flight[i] < 2 and self.owed_updates() <= self.max_lag and not self._budget_taken():
                     self._launch_worker(i)
             if not self.learner_busy and self.owed_updates() > 0:
-                n = min(self.owed_updates(), self.weights_every - self.since_publish)
+                n = min(self.owed_updates(), self.weights_interval - self.since_publish)
                 self.pending[d.actors.learner.train_on_replay.remote(n)] = ("learner", n)
                 self.learner_busy = True
             if not self.pending:
@@ -114,7 +115,7 @@ class OffPolicyLoop:
         self.learner_busy = False
         d.record_updates(ray.get(ref))
         self.since_publish += arg
-        if self.since_publish >= self.weights_every:
+        if self.since_publish >= self.weights_interval:
             d.publish()
             self.since_publish = 0
 

@@ -69,7 +69,9 @@ class RolloutWorker:
         # A restart is itself unrepeatable, so its salt need not be either: the new process's pid moves each
         # restart onto tracks of its own (a fixed +1 replayed the same tracks after every restart).
         salt = restart_salt + (os.getpid() if was_restarted() else 0)
-        self.envs = [make_env(config.env, seed=env_seed(config, worker_index, j, salt)) for j in range(n)]
+        self.envs = [
+            make_env(config.env, seed=env_seed(config, worker_index, j, salt), training=True) for j in range(n)
+        ]
         self.action_spec = ActionSpec.from_space(self.envs[0].action_space)
         self.rng = np.random.default_rng([config.seed, worker_index, salt])
         self.policy = None

@@ -4,6 +4,7 @@ entropy, target_kl early stop) on one round of rollouts."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,60 @@ class PPOLearner(Learner):
 
     def _update(self, rollout: Rollout) -> dict[str, float]:
         cfg = self.config
+        data = self._prepare(rollout)
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.policy.train()
+        sums = torch.zeros(len(LOSS_METRICS), device=self.device, dtype=torch.float64)  # on device: no per-step sync
+        steps = epochs_done = 0
+        early_stop = False
+        last_kl = 0.0
+        for _epoch in range(cfg.n_epochs):
+            order = self.np_rng.permutation(data.size)
+            for start in range(0, data.size, cfg.minibatch_size):
+                idx = torch.as_tensor(order[start:start + cfg.minibatch_size], device=self.device)
+                losses, head = self._minibatch_losses(data, idx)
+                if cfg.target_kl is not None:
+                    last_kl = losses["approx_kl"].item()
+                    if last_kl > 1.5 * cfg.target_kl:
+                        early_stop = True  # SB3: stop before stepping on this minibatch
+                        break
+                losses["grad_norm"] = self._step(losses)
+                steps += 1
+                sums += torch.stack([losses[name] for name in LOSS_METRICS]).detach().double()
+            epochs_done += 1
+            if early_stop:
+                break
+        self.policy.eval()
+
+        means = (sums / max(steps, 1)).tolist()
+        metrics = {key: (value if steps else float("nan")) for key, value in zip(LOSS_METRICS, means)}
+        if cfg.target_kl is None and steps:
+            last_kl = float(losses["approx_kl"].item())
+        metrics.update({
+            "explained_variance": data.explained_var,
+            "learning_rate": lr,
+            "gradient_steps": float(steps),
+            "epochs": float(epochs_done),
+            "early_stopped": float(early_stop),
+            "last_approx_kl": last_kl,
+            "value_mean": float(rollout.value.mean()),
+            "reward_mean": float(rollout.rewards.mean()),
+            "advantage_std": float(data.advantages.std()),
+        })
+        metrics.update(self._staleness_metrics(data))
+        if cfg.normalize_reward:
+            metrics["reward_scale"] = self.reward_normalizer.scale
+        if self.policy.continuous:
+            metrics["std"] = self.policy.action_std(head)  # of the last minibatch: the exploration scale
+        return metrics
+
+    def _prepare(self, rollout: Rollout) -> _UpdateData:
+        """Normalised rewards, GAE advantages and returns, the rollout flattened to tensors on the device, and
+        the log-probs the ratio is clipped against: the behaviour policy's (standard PPO) or, decoupled, the
+        current policy's (Hilton et al. 2022, "Batch size-invariance for policy optimization")."""
+        cfg = self.config
         dones = rollout.terminated | rollout.truncated
         if cfg.normalize_reward:
             rewards = self.reward_normalizer(rollout.rewards.astype(np.float64), dones)
@@ -149,103 +204,94 @@ class PPOLearner(Learner):
             rewards, rollout.value, rollout.terminated, rollout.truncated, rollout.next_value,
             rollout.final_values, cfg.gamma, cfg.gae_lambda,
         )
-        explained_var = explained_variance(rollout.value.reshape(-1), returns.reshape(-1))
-
         size = rollout.num_steps * rollout.num_envs
-        dev = self.device
         obs = self.to_tensor(rollout.obs.reshape(size, *self.obs_shape))
         actions = self.to_tensor(rollout.actions.reshape(size, *rollout.actions.shape[2:]))
         old_logprob = self.to_tensor(rollout.logprob.reshape(size))
-        old_values = self.to_tensor(rollout.value.reshape(size))
-        adv_all = torch.as_tensor(advantages.reshape(size), device=dev)
-        ret_all = torch.as_tensor(returns.reshape(size), device=dev)
-
-        lr = self.current_lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        # The policy the ratio is clipped against: the behaviour policy (standard PPO) or, decoupled, this one.
         prox_logprob = self._proximal_logprob(obs, actions) if cfg.decoupled else old_logprob
         is_weight = (prox_logprob - old_logprob).exp().clamp(max=cfg.is_weight_clip) if cfg.decoupled else None
-        self.policy.train()
-        params = list(self.policy.parameters())
-        names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "loss")
-        sums = torch.zeros(len(names), device=dev, dtype=torch.float64)  # summed on device: no per-step sync
-        steps = 0
-        epochs_done = 0
-        early_stop = False
-        last_kl = 0.0
-        for _epoch in range(cfg.n_epochs):
-            order = self.np_rng.permutation(size)
-            for start in range(0, size, cfg.minibatch_size):
-                idx = torch.as_tensor(order[start:start + cfg.minibatch_size], device=dev)
-                with self.autocast():
-                    head, values = self.policy(obs[idx])
-                logprob, entropy = self.policy.log_prob_entropy(head, actions[idx])
-                values = values.float()
-                adv = adv_all[idx]
-                if cfg.normalize_advantage and len(idx) > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                log_ratio = logprob - prox_logprob[idx]
-                ratio = log_ratio.exp()
-                surrogate = torch.min(adv * ratio, adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
-                policy_loss = -(surrogate if is_weight is None else is_weight[idx] * surrogate).mean()
-                if cfg.clip_range_vf is None:
-                    values_pred = values
-                else:
-                    old_v = old_values[idx]
-                    values_pred = old_v + (values - old_v).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-                value_loss = F.mse_loss(values_pred, ret_all[idx])
-                entropy_mean = entropy.mean()
-                loss = policy_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * value_loss
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clip_fraction = ((ratio - 1).abs() > cfg.clip_range).float().mean()
-                if cfg.target_kl is not None:
-                    last_kl = approx_kl.item()
-                    if last_kl > 1.5 * cfg.target_kl:
-                        early_stop = True  # SB3: stop before stepping on this minibatch
-                        break
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                checked = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean}
-                if not self.scaler.is_enabled():  # fp16 overflow is the scaler's business (it skips the step)
-                    checked["grad_norm"] = grad_norm
-                # One host sync per step: a single finiteness test, then name the culprit if it fails.
-                if not bool(torch.isfinite(torch.stack([v.detach().float() for v in checked.values()])).all()):
-                    check_finite(checked)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                steps += 1
-                sums += torch.stack([policy_loss, value_loss, entropy_mean, approx_kl, clip_fraction, grad_norm,
-                                     loss]).detach().double()
-            epochs_done += 1
-            if early_stop:
-                break
-        self.policy.eval()
+        return _UpdateData(
+            size=size, obs=obs, actions=actions, old_logprob=old_logprob,
+            old_values=self.to_tensor(rollout.value.reshape(size)),
+            advantages_all=torch.as_tensor(advantages.reshape(size), device=self.device),
+            returns=torch.as_tensor(returns.reshape(size), device=self.device),
+            prox_logprob=prox_logprob, is_weight=is_weight, advantages=advantages,
+            explained_var=explained_variance(rollout.value.reshape(-1), returns.reshape(-1)),
+        )
 
-        means = (sums / max(steps, 1)).tolist()
-        metrics = {key: (value if steps else float("nan")) for key, value in zip(names, means)}
-        if cfg.target_kl is None and steps:
-            last_kl = float(approx_kl.item())
-        metrics.update({
-            "explained_variance": explained_var,
-            "learning_rate": lr,
-            "gradient_steps": float(steps),
-            "epochs": float(epochs_done),
-            "early_stopped": float(early_stop),
-            "last_approx_kl": last_kl,
-            "value_mean": float(rollout.value.mean()),
-            "reward_mean": float(rollout.rewards.mean()),
-            "advantage_std": float(advantages.std()),
-        })
-        if cfg.normalize_reward:
-            metrics["reward_scale"] = self.reward_normalizer.scale
-        if is_weight is not None:  # how stale the rollout was: KL(behaviour || proximal) and the weights it gave
-            log_w = (prox_logprob - old_logprob).double()
-            metrics["behaviour_kl"] = float(((log_w.exp() - 1) - log_w).mean())
-            metrics["is_weight_mean"] = float(is_weight.mean())
-        if self.policy.continuous:
-            metrics["std"] = self.policy.action_std(head)  # of the last minibatch: the exploration scale
-        return metrics
+    def _minibatch_losses(self, data: _UpdateData, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
+        """The clipped surrogate, value and entropy terms of one minibatch (SB3's PPO.train, term by term), with
+        approx_kl and clip_fraction; and the policy head's output (for the std metric)."""
+        cfg = self.config
+        with self.autocast():
+            head, values = self.policy(data.obs[idx])
+        logprob, entropy = self.policy.log_prob_entropy(head, data.actions[idx])
+        values = values.float()
+        adv = data.advantages_all[idx]
+        if cfg.normalize_advantage and len(idx) > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        log_ratio = logprob - data.prox_logprob[idx]
+        ratio = log_ratio.exp()
+        surrogate = torch.min(adv * ratio, adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
+        policy_loss = -(surrogate if data.is_weight is None else data.is_weight[idx] * surrogate).mean()
+        if cfg.clip_range_vf is None:
+            values_pred = values
+        else:
+            old_v = data.old_values[idx]
+            values_pred = old_v + (values - old_v).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+        value_loss = F.mse_loss(values_pred, data.returns[idx])
+        entropy_mean = entropy.mean()
+        loss = policy_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * value_loss
+        with torch.no_grad():
+            approx_kl = ((ratio - 1) - log_ratio).mean()
+            clip_fraction = ((ratio - 1).abs() > cfg.clip_range).float().mean()
+        return {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean,
+                "approx_kl": approx_kl, "clip_fraction": clip_fraction, "loss": loss}, head
+
+    def _step(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimiser step on `losses["loss"]` (grad-norm clipped, AMP-scaled); the grad norm. Raises
+        NonFiniteLossError (naming the term) on a NaN/inf loss or gradient."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        checked = {name: losses[name] for name in ("policy_loss", "value_loss", "entropy")}
+        if not self.scaler.is_enabled():  # fp16 overflow is the scaler's business (it skips the step)
+            checked["grad_norm"] = grad_norm
+        # One host sync per step: a single finiteness test, then name the culprit if it fails.
+        if not bool(torch.isfinite(torch.stack([v.detach().float() for v in checked.values()])).all()):
+            check_finite(checked)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return grad_norm
+
+    @staticmethod
+    def _staleness_metrics(data: _UpdateData) -> dict[str, float]:
+        """Decoupled only: how stale the rollout was, KL(behaviour || proximal), and the weights it gave."""
+        if data.is_weight is None:
+            return {}
+        log_w = (data.prox_logprob - data.old_logprob).double()
+        return {"behaviour_kl": float(((log_w.exp() - 1) - log_w).mean()),
+                "is_weight_mean": float(data.is_weight.mean())}
+
+
+LOSS_METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "loss")
+"""Per-minibatch terms averaged over an update's gradient steps."""
+
+
+@dataclass
+class _UpdateData:
+    """One rollout ready for an update: flat tensors of `size` = num_steps x num_envs samples on the device."""
+
+    size: int
+    obs: torch.Tensor
+    actions: torch.Tensor
+    old_logprob: torch.Tensor
+    old_values: torch.Tensor
+    advantages_all: torch.Tensor
+    returns: torch.Tensor
+    prox_logprob: torch.Tensor
+    is_weight: torch.Tensor | None
+    advantages: np.ndarray
+    """float [T, N]: the GAE advantages before per-minibatch normalisation (for the advantage_std metric)."""
+    explained_var: float

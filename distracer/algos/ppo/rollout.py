@@ -14,7 +14,7 @@ from distracer.algos.base import (
     ActionSpec,
 )
 from distracer.algos.ppo.policy import PPOPolicy
-from distracer.envs.stepping import step_envs
+from distracer.envs.stepping import EnvStep, step_envs
 from distracer.errors import ConfigError
 
 
@@ -149,10 +149,37 @@ def collect_rollout(
     state = RolloutState() if state is None else state
     n = len(envs)
     device = next(policy.parameters()).device
+    generator = _start(envs, policy, state, device)
+    buf = _RolloutBuffers.empty(num_steps, n, policy)
+    obs = state.obs
+    for t in range(num_steps):
+        if t == 0 or (sde_sample_freq > 0 and t % sde_sample_freq == 0):
+            policy.reset_noise(n, generator)
+        buf.obs[t] = obs
+        actions, extras = policy.sample(torch.as_tensor(obs, device=device), True, generator)
+        buf.actions[t] = extras["raw_action"].cpu().numpy()
+        buf.logprob[t] = extras["logprob"].cpu().numpy()
+        buf.value[t] = extras["value"].cpu().numpy()
+        next_obs = np.empty_like(obs)
+        final_obs = {i: step.obs for i, step in enumerate(step_envs(envs, actions.cpu().numpy()))
+                     if buf.record(t, i, step, next_obs)}
+        if final_obs:  # bootstrap the cut episodes from their last observation, before the reset
+            idx = sorted(final_obs)
+            values = policy.predict_value(torch.as_tensor(np.stack([final_obs[i] for i in idx]), device=device))
+            buf.final_values[t, idx] = values.cpu().numpy()
+        obs = next_obs
+    state.obs = obs
+    state.steps += num_steps * n
+    next_value = policy.predict_value(torch.as_tensor(obs, device=device)).cpu().numpy().astype(np.float32)
+    return buf.rollout(next_value, policy_version), state
+
+
+def _start(envs: list[gym.Env], policy: PPOPolicy, state: RolloutState, device: torch.device) -> Any:
+    """Make the state's generator and first observations on the first call; the sampling generator to use.
+    Raises ConfigError when the envs' observations are not what the policy takes."""
     if state.generator is None and state.seed is not None:
         state.generator = torch.Generator(device=device)
         state.generator.manual_seed(int(state.seed))
-    generator = policy.generator if policy.generator is not None else state.generator
     if state.obs is None:
         first = [
             env.reset(seed=None if state.seed is None else int(state.seed) + i)[0] for i, env in enumerate(envs)
@@ -163,53 +190,55 @@ def collect_rollout(
             f"env observations are {state.obs.dtype} {tuple(state.obs.shape[1:])}; "
             f"the policy takes uint8 {policy.obs_shape} (channel-first)"
         )
-    continuous = policy.continuous
-    obs_buf = np.empty((num_steps, n, *policy.obs_shape), np.uint8)
-    act_buf = np.empty((num_steps, n, policy.action_dim) if continuous else (num_steps, n),
-                       np.float32 if continuous else np.int64)
-    logp_buf = np.empty((num_steps, n), np.float32)
-    val_buf = np.empty((num_steps, n), np.float32)
-    rew_buf = np.empty((num_steps, n), np.float32)
-    term_buf = np.zeros((num_steps, n), bool)
-    trunc_buf = np.zeros((num_steps, n), bool)
-    final_buf = np.zeros((num_steps, n), np.float32)
-    ep_returns: list[float] = []
-    ep_lengths: list[int] = []
+    return policy.generator if policy.generator is not None else state.generator
 
-    obs = state.obs
-    for t in range(num_steps):
-        if t == 0 or (sde_sample_freq > 0 and t % sde_sample_freq == 0):
-            policy.reset_noise(n, generator)
-        obs_buf[t] = obs
-        actions, extras = policy.sample(torch.as_tensor(obs, device=device), True, generator)
-        actions_np = actions.cpu().numpy()
-        act_buf[t] = extras["raw_action"].cpu().numpy()
-        logp_buf[t] = extras["logprob"].cpu().numpy()
-        val_buf[t] = extras["value"].cpu().numpy()
-        next_obs = np.empty_like(obs)
-        final_obs: dict[int, np.ndarray] = {}
-        for i, step in enumerate(step_envs(envs, actions_np)):
-            rew_buf[t, i] = step.reward
-            term_buf[t, i] = step.terminated
-            trunc_buf[t, i] = step.truncated and not step.terminated
-            if step.episode is not None:
-                ep_returns.append(step.episode[0])
-                ep_lengths.append(step.episode[1])
-            if trunc_buf[t, i]:
-                final_obs[i] = np.asarray(step.obs)
-            next_obs[i] = step.next_obs
-        if final_obs:
-            idx = sorted(final_obs)
-            values = policy.predict_value(torch.as_tensor(np.stack([final_obs[i] for i in idx]), device=device))
-            final_buf[t, idx] = values.cpu().numpy()
-        obs = next_obs
-    state.obs = obs
-    state.steps += num_steps * n
-    next_value = policy.predict_value(torch.as_tensor(obs, device=device)).cpu().numpy().astype(np.float32)
-    rollout = Rollout(
-        obs=obs_buf, actions=act_buf, logprob=logp_buf, value=val_buf, rewards=rew_buf,
-        terminated=term_buf, truncated=trunc_buf, final_values=final_buf, next_value=next_value,
-        episode_returns=np.asarray(ep_returns, np.float32), episode_lengths=np.asarray(ep_lengths, np.int64),
-        policy_version=int(policy_version),
-    )
-    return rollout, state
+
+@dataclass
+class _RolloutBuffers:
+    """The arrays of one rollout being collected ([T, N, ...], as in `Rollout`) and its finished episodes."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    logprob: np.ndarray
+    value: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    final_values: np.ndarray
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, num_steps: int, n: int, policy: PPOPolicy) -> _RolloutBuffers:
+        continuous = policy.continuous
+        return cls(
+            obs=np.empty((num_steps, n, *policy.obs_shape), np.uint8),
+            actions=np.empty((num_steps, n, policy.action_dim) if continuous else (num_steps, n),
+                             np.float32 if continuous else np.int64),
+            logprob=np.empty((num_steps, n), np.float32),
+            value=np.empty((num_steps, n), np.float32),
+            rewards=np.empty((num_steps, n), np.float32),
+            terminated=np.zeros((num_steps, n), bool),
+            truncated=np.zeros((num_steps, n), bool),
+            final_values=np.zeros((num_steps, n), np.float32),
+        )
+
+    def record(self, t: int, i: int, step: EnvStep, next_obs: np.ndarray) -> bool:
+        """Store env i's step t (its next observation into `next_obs[i]`); True when the step cut the episode
+        (truncated, not terminated), whose value must then be bootstrapped from `step.obs`."""
+        self.rewards[t, i] = step.reward
+        self.terminated[t, i] = step.terminated
+        self.truncated[t, i] = step.truncated and not step.terminated
+        if step.episode is not None:
+            self.episode_returns.append(step.episode[0])
+            self.episode_lengths.append(step.episode[1])
+        next_obs[i] = step.next_obs
+        return bool(self.truncated[t, i])
+
+    def rollout(self, next_value: np.ndarray, policy_version: int) -> Rollout:
+        return Rollout(
+            obs=self.obs, actions=self.actions, logprob=self.logprob, value=self.value, rewards=self.rewards,
+            terminated=self.terminated, truncated=self.truncated, final_values=self.final_values,
+            next_value=next_value, episode_returns=np.asarray(self.episode_returns, np.float32),
+            episode_lengths=np.asarray(self.episode_lengths, np.int64), policy_version=int(policy_version),
+        )
