@@ -1001,9 +1001,12 @@ def train_all(plan: Plan) -> None:
 def evaluate_runs(plan: Plan, runs: list[RunInfo]) -> list[CurveRow]:
     snaps = {id(run): list_snapshots(run.run_dir, run.kind) for run in runs}
     every = [s for run in runs for s in snaps[id(run)]]
-    print(f"learning: evaluating {len(every)} snapshot(s) x {plan.episodes} episode(s) on stock {STOCK_ID}, seeds "
-          f"{EVAL_SEED}..{EVAL_SEED + plan.episodes - 1}, {plan.eval_workers} process(es)", flush=True)
-    results = evaluate_snapshots(every, plan.episodes, plan.eval_workers)
+    known = scored_before(plan, every)
+    todo = [s for s in every if s.path not in known]
+    print(f"learning: evaluating {len(todo)} snapshot(s) x {plan.episodes} episode(s) on stock {STOCK_ID}, seeds "
+          f"{EVAL_SEED}..{EVAL_SEED + plan.episodes - 1}, {plan.eval_workers} process(es)"
+          + (f"; {len(known)} scored before on the same seeds (evals.json), not again" if known else ""), flush=True)
+    results = {**known, **evaluate_snapshots(todo, plan.episodes, plan.eval_workers)}
     rows: list[CurveRow] = []
     for run in runs:
         rows += curve_rows(run, snaps[id(run)], results)
@@ -1013,6 +1016,24 @@ def evaluate_runs(plan: Plan, runs: list[RunInfo]) -> list[CurveRow]:
                                  "errors": [r.error for r in results[s.path] if r.error]} for s in every}
     (plan.out / "evals.json").write_text(json.dumps(episodes, indent=1))
     return rows
+
+
+def scored_before(plan: Plan, snapshots: list[Snapshot]) -> dict[Path, list[EpisodeResult]]:
+    """--eval-only: the snapshots the dir's evals.json already scored, without errors, on exactly this run's
+    evaluation seeds. A sealed checkpoint never changes and scoring is deterministic, so they are reused: a run
+    extended with `--resume` (more snapshots in the same dir) costs only its new snapshots."""
+    path = plan.out / "evals.json"
+    if plan.eval_only is None or not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    seeds = eval_seeds(plan.episodes)
+    known: dict[Path, list[EpisodeResult]] = {}
+    for snap in snapshots:
+        entry = previous.get(_short(snap.path))
+        if entry and entry["seeds"] == seeds and not entry["errors"]:
+            known[snap.path] = [EpisodeResult(EpisodeTask(snap.kind, str(snap.path), seed), ret, length, 0.0)
+                                for seed, ret, length in zip(entry["seeds"], entry["returns"], entry["lengths"])]
+    return known
 
 
 def run(plan: Plan) -> int:

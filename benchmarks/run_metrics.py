@@ -17,10 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-WANTED = ("system/env_steps_per_s", "system/updates_per_s", "train/episode_return", "learner/approx_kl",
+WANTED = ("system/env_steps_per_s", "system/updates_per_s", "train/episode_return", "train/episode_length",
+          "learner/approx_kl",
           "learner/clip_fraction", "learner/std", "learner/entropy", "learner/explained_variance",
           "learner/learning_rate", "learner/lr",  # learner/lr: the name in runs recorded before the rename
           "learner/critic_loss", "learner/alpha", "learner/loss", "learner/epsilon", "learner/q_mean")
+
+
+FULL_EPISODE_FRAMES = 1000
+"""CarRacing-v3's time limit: a training episode shorter than this ended early."""
 
 
 def load_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -50,6 +55,8 @@ def summarise(scalars: dict[str, tuple[np.ndarray, np.ndarray]], points: int) ->
         for tag, (steps, values) in scalars.items():
             mask = (steps > lo) & (steps <= hi)
             row[tag.split("/", 1)[1]] = float(values[mask].mean()) if mask.any() else float("nan")
+            if tag == "train/episode_length":  # training episodes cut short: no progress, or off the playfield
+                row["ended_early"] = float((values[mask] < FULL_EPISODE_FRAMES).mean()) if mask.any() else float("nan")
         rows.append(row)
     return rows
 
