@@ -38,6 +38,11 @@ episode here), but its wall_seconds is training time only: the driver stops that
     python benchmarks/learning.py --recipe ppo --recipe sb3_ppo_zoo --seeds 1 2 --minutes 30 --interval 5
     python benchmarks/learning.py --eval-only runs/learning/20250101-120000 --episodes 20
 
+`--eval-only DIR` scores every snapshot under DIR, reusing the scores DIR's evals.json holds for the same
+snapshots on the same seeds (sealed checkpoints never change; scoring is deterministic). So a run extended with
+`distracer train ... --set run_dir=DIR/<recipe>/seed<S> --set max_minutes=60 --resume auto` (max_minutes counts
+the resumed run's training wall-clock too) is scored again at the cost of its new snapshots only.
+
 The last line is JSON.
 """
 

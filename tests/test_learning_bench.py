@@ -316,3 +316,23 @@ def test_frame_skip_stops_at_the_episode_end():
 def test_linear_schedule_is_rl_zoos():
     schedule = bench.LinearSchedule(1e-4)
     assert schedule(1.0) == 1e-4 and schedule(0.5) == 5e-5 and schedule(0.0) == 0.0
+
+
+def test_eval_only_reuses_scores_of_the_same_snapshots_and_seeds(tmp_path):
+    """An extended run's dir: its old snapshots were scored on these seeds; only the new one is scored again."""
+    def snap(name: str) -> bench.Snapshot:
+        return bench.Snapshot("distracer", tmp_path / "ppo" / "seed2" / "checkpoints" / name, 60.0, 4096, 8192)
+
+    old, damaged, new = snap("ckpt_000000004096"), snap("ckpt_000000008192"), snap("ckpt_000000012288")
+    seeds = bench.eval_seeds(3)
+    (tmp_path / "evals.json").write_text(json.dumps({
+        bench._short(old.path): {"seeds": seeds, "returns": [1.0, 2.0, 3.0], "lengths": [1000] * 3, "errors": []},
+        bench._short(damaged.path): {"seeds": seeds, "returns": [1.0, 2.0], "lengths": [1000] * 2,
+                                     "errors": ["boom"]},
+    }))
+    plan = bench.make_plan(bench.build_parser().parse_args(["--eval-only", str(tmp_path), "--episodes", "3"]))
+    known = bench.scored_before(plan, [old, damaged, new])
+    assert list(known) == [old.path]
+    assert [(r.task.seed, r.ret, r.length) for r in known[old.path]] == list(zip(seeds, [1.0, 2.0, 3.0], [1000] * 3))
+    other_seeds = bench.make_plan(bench.build_parser().parse_args(["--eval-only", str(tmp_path), "--episodes", "5"]))
+    assert bench.scored_before(other_seeds, [old]) == {}  # other seeds: scored again
