@@ -54,6 +54,23 @@ class Rollout:
     policy_version: int = -1
     """Weights version of the acting policy (-1 = unknown)."""
 
+    @classmethod
+    def empty(cls, num_steps: int, num_envs: int, policy: PPOPolicy, policy_version: int = -1) -> Rollout:
+        """A rollout of uninitialised arrays for `collect_rollout` to fill (terminated, truncated and
+        final_values start at False/0; next_value and the episodes are set when it ends)."""
+        t, n = num_steps, num_envs
+        if policy.continuous:
+            actions = np.empty((t, n, policy.action_dim), np.float32)
+        else:
+            actions = np.empty((t, n), np.int64)
+        return cls(
+            obs=np.empty((t, n, *policy.obs_shape), np.uint8), actions=actions,
+            logprob=np.empty((t, n), np.float32), value=np.empty((t, n), np.float32),
+            rewards=np.empty((t, n), np.float32), terminated=np.zeros((t, n), bool), truncated=np.zeros((t, n), bool),
+            final_values=np.zeros((t, n), np.float32), next_value=np.zeros(n, np.float32),
+            policy_version=int(policy_version),
+        )
+
     @property
     def num_steps(self) -> int:
         return int(self.obs.shape[0])
@@ -150,28 +167,31 @@ def collect_rollout(
     n = len(envs)
     device = next(policy.parameters()).device
     generator = _start(envs, policy, state, device)
-    buf = _RolloutBuffers.empty(num_steps, n, policy)
+    rollout = Rollout.empty(num_steps, n, policy, policy_version)
+    episodes: list[tuple[float, int]] = []
     obs = state.obs
     for t in range(num_steps):
         if t == 0 or (sde_sample_freq > 0 and t % sde_sample_freq == 0):
             policy.reset_noise(n, generator)
-        buf.obs[t] = obs
+        rollout.obs[t] = obs
         actions, extras = policy.sample(torch.as_tensor(obs, device=device), True, generator)
-        buf.actions[t] = extras["raw_action"].cpu().numpy()
-        buf.logprob[t] = extras["logprob"].cpu().numpy()
-        buf.value[t] = extras["value"].cpu().numpy()
+        rollout.actions[t] = extras["raw_action"].cpu().numpy()
+        rollout.logprob[t] = extras["logprob"].cpu().numpy()
+        rollout.value[t] = extras["value"].cpu().numpy()
         next_obs = np.empty_like(obs)
         final_obs = {i: step.obs for i, step in enumerate(step_envs(envs, actions.cpu().numpy()))
-                     if buf.record(t, i, step, next_obs)}
+                     if _record(rollout, t, i, step, next_obs, episodes)}
         if final_obs:  # bootstrap the cut episodes from their last observation, before the reset
             idx = sorted(final_obs)
             values = policy.predict_value(torch.as_tensor(np.stack([final_obs[i] for i in idx]), device=device))
-            buf.final_values[t, idx] = values.cpu().numpy()
+            rollout.final_values[t, idx] = values.cpu().numpy()
         obs = next_obs
     state.obs = obs
     state.steps += num_steps * n
-    next_value = policy.predict_value(torch.as_tensor(obs, device=device)).cpu().numpy().astype(np.float32)
-    return buf.rollout(next_value, policy_version), state
+    rollout.next_value = policy.predict_value(torch.as_tensor(obs, device=device)).cpu().numpy().astype(np.float32)
+    rollout.episode_returns = np.asarray([r for r, _ in episodes], np.float32)
+    rollout.episode_lengths = np.asarray([length for _, length in episodes], np.int64)
+    return rollout, state
 
 
 def _start(envs: list[gym.Env], policy: PPOPolicy, state: RolloutState, device: torch.device) -> Any:
@@ -193,52 +213,15 @@ def _start(envs: list[gym.Env], policy: PPOPolicy, state: RolloutState, device: 
     return policy.generator if policy.generator is not None else state.generator
 
 
-@dataclass
-class _RolloutBuffers:
-    """The arrays of one rollout being collected ([T, N, ...], as in `Rollout`) and its finished episodes."""
-
-    obs: np.ndarray
-    actions: np.ndarray
-    logprob: np.ndarray
-    value: np.ndarray
-    rewards: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    final_values: np.ndarray
-    episode_returns: list[float] = field(default_factory=list)
-    episode_lengths: list[int] = field(default_factory=list)
-
-    @classmethod
-    def empty(cls, num_steps: int, n: int, policy: PPOPolicy) -> _RolloutBuffers:
-        continuous = policy.continuous
-        return cls(
-            obs=np.empty((num_steps, n, *policy.obs_shape), np.uint8),
-            actions=np.empty((num_steps, n, policy.action_dim) if continuous else (num_steps, n),
-                             np.float32 if continuous else np.int64),
-            logprob=np.empty((num_steps, n), np.float32),
-            value=np.empty((num_steps, n), np.float32),
-            rewards=np.empty((num_steps, n), np.float32),
-            terminated=np.zeros((num_steps, n), bool),
-            truncated=np.zeros((num_steps, n), bool),
-            final_values=np.zeros((num_steps, n), np.float32),
-        )
-
-    def record(self, t: int, i: int, step: EnvStep, next_obs: np.ndarray) -> bool:
-        """Store env i's step t (its next observation into `next_obs[i]`); True when the step cut the episode
-        (truncated, not terminated), whose value must then be bootstrapped from `step.obs`."""
-        self.rewards[t, i] = step.reward
-        self.terminated[t, i] = step.terminated
-        self.truncated[t, i] = step.truncated and not step.terminated
-        if step.episode is not None:
-            self.episode_returns.append(step.episode[0])
-            self.episode_lengths.append(step.episode[1])
-        next_obs[i] = step.next_obs
-        return bool(self.truncated[t, i])
-
-    def rollout(self, next_value: np.ndarray, policy_version: int) -> Rollout:
-        return Rollout(
-            obs=self.obs, actions=self.actions, logprob=self.logprob, value=self.value, rewards=self.rewards,
-            terminated=self.terminated, truncated=self.truncated, final_values=self.final_values,
-            next_value=next_value, episode_returns=np.asarray(self.episode_returns, np.float32),
-            episode_lengths=np.asarray(self.episode_lengths, np.int64), policy_version=int(policy_version),
-        )
+def _record(rollout: Rollout, t: int, i: int, step: EnvStep, next_obs: np.ndarray,
+            episodes: list[tuple[float, int]]) -> bool:
+    """Store env i's step t in `rollout` (its next observation into `next_obs[i]`, a finished episode into
+    `episodes`); True when the step cut the episode (truncated, not terminated), whose value must then be
+    bootstrapped from `step.obs`."""
+    rollout.rewards[t, i] = step.reward
+    rollout.terminated[t, i] = step.terminated
+    rollout.truncated[t, i] = step.truncated and not step.terminated
+    if step.episode is not None:
+        episodes.append(step.episode)
+    next_obs[i] = step.next_obs
+    return bool(rollout.truncated[t, i])
