@@ -303,15 +303,19 @@ def _current_names(config: Any, data: dict[str, Any], prefix: str) -> dict[str, 
     for key, value in data.items():
         new = renamed.get(key, key)
         if new != key:
-            if new in data:
-                raise ConfigError(f"{prefix}{key} and {prefix}{new} are the same setting (the old name and the new); "
-                                  f"keep {prefix}{new}")
-            if f"{prefix}{key}" not in _NOTED_RENAMES:
-                _NOTED_RENAMES.add(f"{prefix}{key}")
-                print(f"distracer: note: {prefix}{key} is now called {prefix}{new}; the old name still loads",
-                      file=sys.stderr)
+            _note_renamed(f"{prefix}{key}", f"{prefix}{new}", both_given=new in data)
         out[new] = value
     return out
+
+
+def _note_renamed(old: str, new: str, both_given: bool) -> None:
+    """The one-line deprecation note for an old name (once per process and name), or a one-line error when the
+    old name and the new one are both given."""
+    if both_given:
+        raise ConfigError(f"{old} and {new} are the same setting (the old name and the new); keep {new}")
+    if old not in _NOTED_RENAMES:
+        _NOTED_RENAMES.add(old)
+        print(f"distracer: note: {old} is now called {new}; the old name still loads", file=sys.stderr)
 
 
 def _moved_to_their_sections(data: dict[str, Any]) -> dict[str, Any]:
@@ -324,11 +328,7 @@ def _moved_to_their_sections(data: dict[str, Any]) -> dict[str, Any]:
             continue
         new_section, new_key = new.split(".")
         target = data.get(new_section)
-        if isinstance(target, dict) and new_key in target:
-            raise ConfigError(f"{old} and {new} are the same setting (the old name and the new); keep {new}")
-        if old not in _NOTED_RENAMES:
-            _NOTED_RENAMES.add(old)
-            print(f"distracer: note: {old} is now called {new}; the old name still loads", file=sys.stderr)
+        _note_renamed(old, new, both_given=isinstance(target, dict) and new_key in target)
         data = {**data, old_section: {k: v for k, v in section.items() if k != old_key},
                 new_section: {**(target if isinstance(target, dict) else {}), new_key: section[old_key]}}
     return data
@@ -426,6 +426,6 @@ def load_config(
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A validated TrainConfig from a plain (possibly nested) dict, e.g. a checkpoint's or Tune's."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"config must be a mapping, got {data!r}")
-    return apply_dict(TrainConfig(), _moved_to_their_sections(data)).validate()
+    if isinstance(data, dict):  # anything else gets apply_dict's one-line error
+        data = _moved_to_their_sections(data)
+    return apply_dict(TrainConfig(), data).validate()
