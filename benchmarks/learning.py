@@ -107,6 +107,9 @@ RECIPES: dict[str, Recipe] = {
     # own penalty for leaving the playfield). Scores stay stock returns.
     "ppo_no_progress": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
                               ("env.no_progress_frames=100", "env.no_progress_penalty=-100")),
+    # Candidate: the `cpu` recipe with a training episode ended once the car has stood still for 100 frames
+    # (2 s), charged the rest of its time penalty: the stock return of a car that never moves again.
+    "ppo_standstill": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("env.standstill_frames=100",)),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)

@@ -14,7 +14,9 @@ from distracer.envs.wrappers import (
     DiscreteActions,
     NoProgressPenalty,
     NoProgressTermination,
+    RestOfEpisodePenalty,
     SeedOnFirstReset,
+    StandstillTermination,
     StackedChannels,
     SteerAccelActions,
 )
@@ -56,8 +58,8 @@ def make_env(
         seed: seeds the first reset (the track) and the action space.
         stock: force the stock (True) or fast (False) simulator; None follows `config.fast`.
         render_mode: passed to the env, e.g. "rgb_array" for full-resolution video frames.
-        training: a rollout worker's env: adds the training-only `no_progress_*` rules of `config`. Evaluation
-            leaves it False, so scores are always whole stock episodes.
+        training: a rollout worker's env: adds the training-only `no_progress_*` and `standstill_frames` rules
+            of `config`. Evaluation leaves it False, so scores are always whole stock episodes.
     """
     config = config or EnvConfig()
     config.validate()
@@ -66,9 +68,14 @@ def make_env(
     ends_early = training and config.no_progress_frames > 0
     if ends_early:
         env = NoProgressTermination(env, config.no_progress_frames)
+    stands_still = training and config.standstill_frames > 0
+    if stands_still:
+        env = StandstillTermination(env, config.standstill_frames)
     env = RecordEpisodeStatistics(env)
     if ends_early and config.no_progress_penalty:
         env = NoProgressPenalty(env, config.no_progress_penalty)
+    if stands_still:
+        env = RestOfEpisodePenalty(env)
     env = SteerAccelActions(env) if config.action_space == "continuous" else DiscreteActions(env)
     if config.action_repeat > 1:
         env = ActionRepeat(env, config.action_repeat)

@@ -34,6 +34,10 @@ class EnvConfig:
     no_progress_penalty: float = 0.0
     """Training only: reward (<= 0) added to the step that ends an episode for no progress (shaping; reported
     training returns and all scores stay unmodified)."""
+    standstill_frames: int = 0
+    """Training only: end an episode once the car has stood still (hull speed < 1 m/s) for this many
+    consecutive env frames, charging that step -0.1 for every frame the episode had left (the stock return of
+    a car that never moves again); 0 = never. Evaluation always runs the full stock episode."""
 
     def validate(self) -> None:
         if self.action_space not in ACTION_SPACES:
@@ -56,6 +60,8 @@ class EnvConfig:
             )
         if self.no_progress_penalty and not self.no_progress_frames:
             raise ConfigError("env.no_progress_penalty is set but env.no_progress_frames is 0, so it never applies")
+        if self.standstill_frames < 0:
+            raise ConfigError(f"env.standstill_frames={self.standstill_frames} must be >= 0 (0 = off)")
 
     @property
     def channels(self) -> int:

@@ -167,6 +167,62 @@ class NoProgressTermination(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+# CarRacing's reward charges every frame -0.1 (and gives 1000/N per new tile).
+TIME_PENALTY_PER_FRAME = 0.1
+# Below this hull speed (Box2D m/s; a driving car does 30-90) the car counts as standing still.
+STANDSTILL_SPEED = 1.0
+
+
+class StandstillTermination(gym.Wrapper):
+    """End an episode (``terminated=True``, ``info["standstill"] = True``) once the car's hull speed has been
+    below `speed` for `limit` consecutive frames, and report the frames the time limit had left
+    (``info["frames_left"]``). Training only, on the raw env (frames, not agent steps), beneath the episode
+    statistics, so `info["episode"]` holds the unmodified return of the shortened episode.
+
+    Why: a PPO policy that brakes before a corner can brake to a halt and keep braking; its exploration noise
+    never reaches the gas, so it stands there for the rest of the episode, learning nothing (docs/RESULTS.md:
+    7 of 10 evaluation tracks lost this way). Unlike `NoProgressTermination` this leaves a car that is moving,
+    on the road or off it, alone.
+    """
+
+    def __init__(self, env: gym.Env, limit: int, speed: float = STANDSTILL_SPEED, max_frames: int | None = None):
+        if limit < 1:
+            raise ValueError(f"standstill limit={limit} must be >= 1 frame")
+        super().__init__(env)
+        self.limit, self.speed = limit, float(speed)
+        spec_limit = env.spec.max_episode_steps if env.spec is not None else None
+        self.max_frames = max_frames or spec_limit or 1000
+        self._frames = self._still = 0
+
+    def reset(self, **kwargs: Any):
+        self._frames = self._still = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._frames += 1
+        vx, vy = self.env.unwrapped.car.hull.linearVelocity
+        self._still = self._still + 1 if np.hypot(vx, vy) < self.speed else 0
+        if self._still >= self.limit and not (terminated or truncated):
+            terminated = True
+            info = {**info, "standstill": True, "frames_left": max(self.max_frames - self._frames, 0)}
+        return obs, reward, terminated, truncated, info
+
+
+class RestOfEpisodePenalty(gym.Wrapper):
+    """Charge the step that `StandstillTermination` ended with the time penalty of the frames left
+    (-0.1 each), so the shaped return equals the stock return of a car that never moves again: the
+    undiscounted objective is unchanged, but the learner sees the whole cost of stopping at once instead of
+    spread thinly over hundreds of discounted steps. Shaping for training; sits above the episode
+    statistics, which keep the unshaped return."""
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if info.get("standstill"):
+            reward = float(reward) - TIME_PENALTY_PER_FRAME * info["frames_left"]
+        return obs, reward, terminated, truncated, info
+
+
 class NoProgressPenalty(gym.Wrapper):
     """Add `penalty` to the reward of the step that `NoProgressTermination` ended (reward shaping for
     training; sits above the episode statistics, which keep the unshaped return)."""
