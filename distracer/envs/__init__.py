@@ -16,8 +16,8 @@ from distracer.envs.wrappers import (
     NoProgressTermination,
     RestOfEpisodePenalty,
     SeedOnFirstReset,
-    StandstillTermination,
     StackedChannels,
+    StandstillTermination,
     SteerAccelActions,
 )
 
