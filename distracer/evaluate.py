@@ -30,6 +30,7 @@ from distracer.algos import build_policy
 from distracer.algos.base import PolicyWeights
 from distracer.checkpoint import learner_from_checkpoint
 from distracer.envs import STOCK_ID, EnvConfig, make_env
+from distracer.envs.wrappers import STANDSTILL_SPEED, car_speed
 from distracer.errors import ConfigError
 
 # Default evaluation seeds start this far above the run's eval.seed: beyond the periodic evaluations'
@@ -38,6 +39,9 @@ TEST_SEED_OFFSET = 1_000_000_000
 SOLVED_SCORE = 900.0
 SOLVED_EPISODES = 100
 RENDER_FPS = 50  # CarRacing-v3's metadata["render_fps"]
+
+# A stop this long (2 s of simulated time) is worth a word in the episode's log line.
+STANDSTILL_REPORT_FRAMES = 100
 
 ActFn = Callable[[np.ndarray], np.ndarray]
 """One channel-first uint8 observation -> one env action, deterministic."""
@@ -51,6 +55,9 @@ class EvalResult:
     lengths: list[int] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    standstill: list[int] = field(default_factory=list)
+    """Per episode, the longest time the car stood still (hull speed < 1 m/s), in frames: why a policy that
+    drives can still score little (it braked to a halt and stayed)."""
 
     @property
     def mean(self) -> float:
@@ -62,7 +69,7 @@ class EvalResult:
 
     def merge(self, other: EvalResult) -> EvalResult:
         return EvalResult(self.returns + other.returns, self.lengths + other.lengths, self.seeds + other.seeds,
-                          self.seconds + other.seconds)
+                          self.seconds + other.seconds, self.standstill + other.standstill)
 
     def sorted(self) -> EvalResult:
         """Episodes in seed order (parallel tasks finish in any order)."""
@@ -71,7 +78,8 @@ class EvalResult:
         def pick(values: list) -> list:
             return [values[i] for i in order] if len(values) == len(order) else list(values)
 
-        return EvalResult(pick(self.returns), pick(self.lengths), pick(self.seeds), pick(self.seconds))
+        return EvalResult(pick(self.returns), pick(self.lengths), pick(self.seeds), pick(self.seconds),
+                          pick(self.standstill))
 
     def summary(self) -> str:
         return f"{self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} episodes"
@@ -122,6 +130,7 @@ class Episode:
     length: int
     seconds: float
     video: bytes | None = None
+    standstill: int = 0  # longest standstill, frames (sampled once per agent step)
 
 
 def run_episode(act: ActFn, env_config: EnvConfig, seed: int, video_path: Path | None = None,
@@ -140,12 +149,15 @@ def run_episode(act: ActFn, env_config: EnvConfig, seed: int, video_path: Path |
     try:
         obs, _ = env.reset()
         score, steps, info = 0.0, 0, {}
+        still = longest_still = 0  # agent steps
         if recorder is not None:
             recorder.add(env.render(), obs, score, steps)
         while True:
             obs, reward, terminated, truncated, info = env.step(act(obs))
             score += float(reward)
             steps += 1
+            still = still + 1 if car_speed(env) < STANDSTILL_SPEED else 0
+            longest_still = max(longest_still, still)
             if recorder is not None:
                 recorder.add(env.render(), obs, score, steps)
             if terminated or truncated or (max_steps is not None and steps >= max_steps):
@@ -158,7 +170,8 @@ def run_episode(act: ActFn, env_config: EnvConfig, seed: int, video_path: Path |
         ret, length = float(np.asarray(info["episode"]["r"]).item()), int(np.asarray(info["episode"]["l"]).item())
     else:  # cut short by max_steps: not a CarRacing score
         ret, length = score, steps * env_config.action_repeat
-    return Episode(seed, ret, length, time.perf_counter() - start)
+    return Episode(seed, ret, length, time.perf_counter() - start,
+                   standstill=longest_still * env_config.action_repeat)
 
 
 def run_episodes(source: PolicySource | PolicyWeights, env_config: EnvConfig, seeds: list[int],
@@ -192,7 +205,7 @@ def evaluate_policy(weights: PolicyWeights | PolicySource, env_config: EnvConfig
 
 def to_result(episodes: list[Episode]) -> EvalResult:
     return EvalResult([e.ret for e in episodes], [e.length for e in episodes], [e.seed for e in episodes],
-                      [e.seconds for e in episodes])
+                      [e.seconds for e in episodes], [e.standstill for e in episodes])
 
 
 def _remote_chunk(source: PolicySource, env_config: EnvConfig, seeds: list[int], with_video: bool,
@@ -239,8 +252,9 @@ def evaluate_parallel(source: PolicySource, env_config: EnvConfig, seeds: list[i
 
 
 def _log_episode(log: Callable[[str], None], episode: Episode, k: int, n: int) -> None:
+    stood = f", stood still {episode.standstill} frames" if episode.standstill >= STANDSTILL_REPORT_FRAMES else ""
     log(f"  [{k}/{n}] seed {episode.seed}: return {episode.ret:7.1f}  ({episode.length} steps, "
-        f"{episode.seconds:.1f} s)")
+        f"{episode.seconds:.1f} s{stood})")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -399,6 +413,7 @@ def _report(loaded: Loaded, result: EvalResult, wall: float, workers: int, max_s
         "env_config": {k: v for k, v in loaded.env_config.__dict__.items() if k != "fast"},
         "deterministic": True, "episodes": n,
         "seeds": result.seeds, "returns": result.returns, "lengths": result.lengths,
+        "standstill_frames": result.standstill,
         "episode_seconds": [round(s, 3) for s in result.seconds],
         "mean": result.mean, "std": result.std, "min": float(np.min(result.returns)),
         "max": float(np.max(result.returns)), "solved": solved, "max_steps": max_steps,

@@ -27,6 +27,7 @@ from distracer.evaluate import (
     evaluate_policy,
     learner_from_checkpoint,
     load_for_evaluation,
+    run_episode,
 )
 from distracer.video import read_video_info
 
@@ -165,6 +166,15 @@ def test_full_episode_scores_the_env_return_and_video_has_every_frame(tmp_path):
     assert Path(video).name == f"episode_seed{seed}.mp4"
     assert frames == 1 + -(-length // 4)  # the reset frame, then one per agent step (4 env steps each)
     assert (width, height) == (600 + 400, 400)  # the env frame and the agent's input beside it
+
+
+def test_each_episode_reports_how_long_the_car_stood_still():
+    """A car braked from the start stands still the whole time; one given gas does not."""
+    config = EnvConfig(action_repeat=2, frame_size=64, frame_stack=2)
+    braked = run_episode(lambda obs: np.array([0.0, -1.0], np.float32), config, seed=3, max_steps=40)
+    assert braked.standstill == 40 * 2  # frames (agent steps x action repeat)
+    driven = run_episode(lambda obs: np.array([0.0, 0.5], np.float32), config, seed=3, max_steps=40)
+    assert driven.standstill <= 2 * 2  # at rest for at most the first agent step or two
 
 
 def test_parallel_episodes_on_ray_match_sequential_ones(ray_local, ckpts, tmp_path):

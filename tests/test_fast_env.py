@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import types
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # human mode calls pygame.init(); no ALSA noise in CI
@@ -25,6 +26,8 @@ from distracer.envs.wrappers import (  # noqa: E402
     DiscreteActions,
     NoProgressPenalty,
     NoProgressTermination,
+    RestOfEpisodePenalty,
+    StandstillTermination,
     SteerAccelActions,
     steer_accel_to_native,
 )
@@ -363,12 +366,70 @@ def test_make_env_ends_only_training_episodes_of_a_stopped_car():
     assert not any(evaluation.step(stop)[2] for _ in range(50))  # 100 frames, still going
 
 
+class ScriptedSpeeds(ScriptedRewards):
+    """ScriptedRewards with a car whose hull speed follows a second script: what the standstill rule reads."""
+
+    def __init__(self, rewards: list[float], speeds: list[float]):
+        super().__init__(rewards)
+        self.speeds = speeds
+        self.car = types.SimpleNamespace(hull=types.SimpleNamespace(linearVelocity=(0.0, 0.0)))
+
+    def step(self, action):
+        self.car.hull.linearVelocity = (0.6 * self.speeds[self.t], 0.8 * self.speeds[self.t])  # |v| = speed
+        return super().step(action)
+
+
+def test_standstill_counts_consecutive_slow_frames_and_reports_frames_left():
+    # Slow for 2 frames, moving, then slow from frame 4: ends on frame 6 (limit 3) with 10 - 6 frames left.
+    speeds = [0.5, 0.0, 20.0, 0.9, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0]
+    steps = run_episode(StandstillTermination(ScriptedSpeeds([-0.1] * 10, speeds), limit=3, max_frames=10))
+    assert len(steps) == 6 and steps[-1][2] and steps[-1][4] == {"standstill": True, "frames_left": 4}
+    assert not any(s[2] or "standstill" in s[4] for s in steps[:-1])
+    # A car that keeps moving, however slowly past the threshold, runs to the time limit, truncated.
+    steps = run_episode(StandstillTermination(ScriptedSpeeds([-0.1] * 10, [1.0] * 10), limit=3, max_frames=10))
+    assert len(steps) == 10 and steps[-1][3] and not steps[-1][2]
+    with pytest.raises(ValueError, match="limit=0"):
+        StandstillTermination(ScriptedSpeeds([0.0], [0.0]), limit=0)
+
+
+def test_rest_of_episode_penalty_makes_the_shaped_return_the_stock_return_of_staying():
+    """The learner's reward is charged -0.1 per frame left; the episode statistics keep the unshaped return."""
+    from gymnasium.wrappers import RecordEpisodeStatistics
+
+    rewards = [3.0] + [-0.1] * 9
+    env = RestOfEpisodePenalty(RecordEpisodeStatistics(
+        StandstillTermination(ScriptedSpeeds(rewards, [5.0] + [0.0] * 9), limit=2, max_frames=10)))
+    steps = run_episode(env)
+    assert [s[1] for s in steps] == pytest.approx([3.0, -0.1, -0.1 - 0.7])
+    assert steps[-1][4]["episode"]["r"] == pytest.approx(2.8) and steps[-1][4]["episode"]["l"] == 3
+    assert sum(s[1] for s in steps) == pytest.approx(sum(rewards))  # what a car that never moved again gets
+
+
+def test_make_env_ends_only_training_episodes_of_a_car_braked_to_a_halt():
+    """Full brake from the start: a training env ends the episode after `standstill_frames` frames and
+    charges the 900 frames left; the stock env an evaluation builds from the same config keeps going."""
+    config = EnvConfig(action_repeat=2, frame_size=64, standstill_frames=100)
+    brake = np.array([0.0, -1.0], dtype=np.float32)
+    train = make_env(config, seed=5, training=True)
+    train.reset()
+    for _ in range(100):
+        _, reward, terminated, truncated, info = train.step(brake)
+        if terminated or truncated:
+            break
+    assert terminated and info["standstill"] and info["frames_left"] == 900 and info["episode"]["l"] == 100
+    assert reward == pytest.approx(-0.2 - 90.0)  # two frames' time penalty + 900 frames' charge
+    evaluation = make_env(config, seed=5, stock=True)
+    evaluation.reset()
+    assert not any(evaluation.step(brake)[2] for _ in range(75))  # 150 frames, still going
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"no_progress_frames": -1}, "no_progress_frames=-1"),
         ({"no_progress_frames": 50, "no_progress_penalty": 5.0}, "no_progress_penalty=5.0 must be <= 0"),
         ({"no_progress_penalty": -10.0}, "never applies"),
+        ({"standstill_frames": -5}, "standstill_frames=-5"),
     ],
 )
 def test_no_progress_settings_are_checked(settings, message):

@@ -50,7 +50,8 @@ def test_train_evaluate_checkpoint_and_resume(ray_local, tmp_path, algo):
     assert resumed["weights_version"] > summary["weights_version"]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+# Two workers (and two shards) is the harder case for holding the ratio; one worker runs with `make test-slow`.
+@pytest.mark.parametrize("workers", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_replay_ratio_holds_with_workers(ray_local, tmp_path, workers):
     config = small_config(tmp_path, "sac_drq", "total_env_steps=480", f"resources.num_workers={workers}",
                           f"replay.num_shards={workers}")

@@ -25,7 +25,9 @@ def train_cmd(run_dir, total: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "distracer", "train", *extra] + [a for o in args for a in ("--set", o)]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# Both signals go through the one handler (runtime/driver.py); SIGTERM, what `ray job stop` and cluster
+# schedulers send, stays in the default suite, Ctrl-C runs with `make test-slow` (2 minutes of the suite's 15).
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])
 def test_signal_stops_with_final_checkpoint_and_resumes(tmp_path, sig):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(train_cmd(run_dir, 1_000_000), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

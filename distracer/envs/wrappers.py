@@ -173,6 +173,12 @@ TIME_PENALTY_PER_FRAME = 0.1
 STANDSTILL_SPEED = 1.0
 
 
+def car_speed(env: gym.Env) -> float:
+    """The car's hull speed in Box2D m/s (what CarRacing's own speed bar shows), through any wrappers."""
+    vx, vy = env.unwrapped.car.hull.linearVelocity
+    return float(np.hypot(vx, vy))
+
+
 class StandstillTermination(gym.Wrapper):
     """End an episode (``terminated=True``, ``info["standstill"] = True``) once the car's hull speed has been
     below `speed` for `limit` consecutive frames, and report the frames the time limit had left
@@ -201,8 +207,7 @@ class StandstillTermination(gym.Wrapper):
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._frames += 1
-        vx, vy = self.env.unwrapped.car.hull.linearVelocity
-        self._still = self._still + 1 if np.hypot(vx, vy) < self.speed else 0
+        self._still = self._still + 1 if car_speed(self.env) < self.speed else 0
         if self._still >= self.limit and not (terminated or truncated):
             terminated = True
             info = {**info, "standstill": True, "frames_left": max(self.max_frames - self._frames, 0)}
