@@ -39,7 +39,7 @@ def fail_line(capsys, argv: list[str]) -> str:
 def test_unknown_recipe_lists_the_allowed_ones(capsys, tmp_path):
     line = fail_line(capsys, ["--recipe", "ppo", "--recipe", "a2c", "--out", str(tmp_path / "o")])
     assert "unknown recipe 'a2c'" in line
-    assert "allowed: ppo, sac_drq, dqn, ppo_laptop, ppo_no_progress, ppo_standstill, sb3_ppo_zoo" in line
+    assert "allowed: ppo, sac_drq, dqn, ppo_laptop, ppo_no_progress, ppo_no_standstill, sb3_ppo_zoo" in line
 
 
 @pytest.mark.parametrize("args, words", [
@@ -116,7 +116,8 @@ def test_recipe_config_files_exist():
 def test_recipe_overrides_come_after_the_benchmarks_own():
     cmd = bench.run_command("ppo_no_progress", 1, Path("/o"), 30.0, 10.0, ["seed=9"], threads=2)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
-    assert sets[-3:] == ["env.no_progress_frames=100", "env.no_progress_penalty=-100", "seed=9"]
+    assert sets[-4:] == ["env.no_progress_frames=100", "env.no_progress_penalty=-100", "env.standstill_frames=0",
+                         "seed=9"]
 
 
 def test_peer_command_runs_this_file_with_its_spec():
