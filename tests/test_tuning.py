@@ -120,6 +120,9 @@ def _watch_placement(stop: threading.Event, seen: dict) -> None:
         time.sleep(0.2)
 
 
+# A whole two-trial search (about a minute); the default suite keeps Tune through the failed-trial restart
+# below and the search-space/stopper unit tests.
+@pytest.mark.slow
 def test_search_two_trials_with_asha(ray_local, tmp_path, capsys):
     search = search_for(tmp_path)
     seen: dict = {}
