@@ -348,17 +348,22 @@ def test_no_progress_penalty_is_shaping_only():
     assert steps[-1][4]["episode"]["r"] == pytest.approx(0.8) and steps[-1][4]["episode"]["l"] == 3
 
 
+def first_end(env: gym.Env, action: np.ndarray, limit: int = 100) -> Step:
+    """Reset `env`, repeat `action` and return the step that ends the episode (or the `limit`-th step)."""
+    env.reset()
+    for _ in range(limit):
+        step = env.step(action)
+        if step[2] or step[3]:
+            break
+    return step
+
+
 def test_make_env_ends_only_training_episodes_of_a_stopped_car():
     """A car that never moves: a training env ends it after `no_progress_frames` frames; the stock env an
     evaluation builds from the same config runs the whole episode."""
     config = EnvConfig(action_repeat=2, frame_size=64, no_progress_frames=30, no_progress_penalty=-100.0)
     stop = np.zeros(2, dtype=np.float32)
-    train = make_env(config, seed=5, training=True)
-    train.reset()
-    for _ in range(100):
-        _, reward, terminated, truncated, info = train.step(stop)
-        if terminated or truncated:
-            break
+    _, reward, terminated, _, info = first_end(make_env(config, seed=5, training=True), stop)
     assert terminated and info["no_progress"] and info["episode"]["l"] <= 40  # raw frames
     assert -100.2 - 1e-6 <= reward <= -100.1 + 1e-6 and info["episode"]["r"] > -100.0  # ends on either frame
     evaluation = make_env(config, seed=5, stock=True)
@@ -410,12 +415,7 @@ def test_make_env_ends_only_training_episodes_of_a_car_braked_to_a_halt():
     charges the 900 frames left; the stock env an evaluation builds from the same config keeps going."""
     config = EnvConfig(action_repeat=2, frame_size=64, standstill_frames=100)
     brake = np.array([0.0, -1.0], dtype=np.float32)
-    train = make_env(config, seed=5, training=True)
-    train.reset()
-    for _ in range(100):
-        _, reward, terminated, truncated, info = train.step(brake)
-        if terminated or truncated:
-            break
+    _, reward, terminated, _, info = first_end(make_env(config, seed=5, training=True), brake)
     assert terminated and info["standstill"] and info["frames_left"] == 900 and info["episode"]["l"] == 100
     assert reward == pytest.approx(-0.2 - 90.0)  # two frames' time penalty + 900 frames' charge
     evaluation = make_env(config, seed=5, stock=True)
