@@ -41,7 +41,8 @@ episode here), but its wall_seconds is training time only: the driver stops that
 `--eval-only DIR` scores every snapshot under DIR, reusing the scores DIR's evals.json holds for the same
 snapshots on the same seeds (sealed checkpoints never change; scoring is deterministic). So a run extended with
 `distracer train ... --set run_dir=DIR/<recipe>/seed<S> --set max_minutes=60 --resume auto` (max_minutes counts
-the resumed run's training wall-clock too) is scored again at the cost of its new snapshots only.
+the resumed run's training wall-clock too) is scored again at the cost of its new snapshots only. Runs of recipes
+renamed or removed since are found by what they left (checkpoints/ or the peer's snapshots/).
 
 The last line is JSON.
 """
@@ -523,7 +524,7 @@ def finish_run(run: Running) -> dict[str, Any]:
     except (ProcessLookupError, PermissionError):
         pass
     spec = run.spec
-    kind = "peer" if RECIPES[spec.recipe].peer else "distracer"
+    kind = run_kind(spec.recipe, spec.run_dir)
     n_snapshots = len(list_snapshots(spec.run_dir, kind))
     rc = run.proc.returncode
     status = "ok" if rc == 0 and not run.timed_out and n_snapshots else ("partial" if n_snapshots else "failed")
@@ -632,13 +633,22 @@ class RunInfo:
 
     @property
     def kind(self) -> str:
-        return "peer" if RECIPES[self.recipe].peer else "distracer"
+        return run_kind(self.recipe, self.run_dir)
+
+
+def run_kind(recipe: str, run_dir: Path) -> str:
+    """'peer' or 'distracer': from RECIPES, else (a recipe renamed or removed since the run) from what the run
+    left: the peer's snapshots/ folder or distracer's checkpoints/."""
+    if recipe in RECIPES:
+        return "peer" if RECIPES[recipe].peer else "distracer"
+    return "peer" if (run_dir / "snapshots").is_dir() else "distracer"
 
 
 def discover_runs(out: Path, recipes: list[str] | None) -> list[RunInfo]:
-    """The runs under out/<recipe>/seed<S>/ (status from run.json when there is one)."""
+    """The runs under out/<recipe>/seed<S>/ (status from run.json when there is one); a recipe no longer in
+    RECIPES is still found when it left snapshots, so runs of earlier commits can be scored again."""
     runs = []
-    for recipe_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name in RECIPES):
+    for recipe_dir in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if recipes is not None and recipe_dir.name not in recipes:
             continue
         for run_dir in sorted(recipe_dir.glob("seed*")):
@@ -649,6 +659,8 @@ def discover_runs(out: Path, recipes: list[str] | None) -> list[RunInfo]:
                 outcome = json.loads((run_dir / "run.json").read_text())
             info = RunInfo(recipe_dir.name, int(run_dir.name[4:]), run_dir, outcome.get("status", "ok"), outcome)
             if not list_snapshots(run_dir, info.kind):
+                if info.recipe not in RECIPES:
+                    continue  # not a run: a folder of some other kind
                 info.status = "failed"
             runs.append(info)
     return runs

@@ -232,6 +232,13 @@ def test_discover_runs_reads_status(tmp_path):
     assert [r.recipe for r in bench.discover_runs(tmp_path, ["ppo"])] == ["ppo"]
 
 
+def test_discover_runs_finds_a_renamed_recipes_snapshots(tmp_path):
+    fake_checkpoint(tmp_path / "ppo_since_renamed" / "seed2", 100, 10.0, 2)
+    [run] = bench.discover_runs(tmp_path, None)
+    assert (run.recipe, run.seed, run.status, run.kind) == ("ppo_since_renamed", 2, "ok", "distracer")
+    assert [s.agent_steps for s in bench.list_snapshots(run.run_dir, run.kind)] == [100]
+
+
 # ----- curves ------------------------------------------------------------------------------------------------
 def rows() -> list:
     R = bench.CurveRow
