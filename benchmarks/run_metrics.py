@@ -5,7 +5,7 @@ throughput (env steps/s, updates/s), the learner's health (PPO: approx_kl, clip_
 explained variance, learning rate; SAC+DrQ / DQN: losses, alpha, epsilon) and the training episode
 returns, then one JSON line. Used for docs/RESULTS.md.
 
-    .venv/bin/python benchmarks/run_metrics.py runs/learning/ppo_s1/ppo/seed1 [--points 6]
+    .venv/bin/python benchmarks/run_metrics.py runs/learning/ppo_s1/ppo/seed1 [--points 6] [--until 258048]
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ WANTED = ("system/env_steps_per_s", "system/updates_per_s", "train/episode_retur
           "learner/approx_kl",
           "learner/clip_fraction", "learner/std", "learner/entropy", "learner/explained_variance",
           "learner/learning_rate", "learner/lr",  # learner/lr: the name in runs recorded before the rename
-          "learner/critic_loss", "learner/alpha", "learner/loss", "learner/epsilon", "learner/q_mean")
+          "learner/critic_loss", "learner/alpha", "learner/loss", "learner/epsilon", "learner/q_mean",
+          # PPO: epochs run per update (of n_epochs) and whether target_kl stopped it; the learner's turn, so
+          # with policy_lag 1 the run's pace once the learner is the slower side.
+          "learner/epochs", "learner/early_stopped")
 
 
 FULL_EPISODE_FRAMES = 1000
@@ -45,9 +48,11 @@ def load_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def summarise(scalars: dict[str, tuple[np.ndarray, np.ndarray]], points: int) -> list[dict[str, float]]:
-    """Means of each tag over `points` equal spans of env steps."""
+def summarise(scalars: dict[str, tuple[np.ndarray, np.ndarray]], points: int,
+              until: int | None = None) -> list[dict[str, float]]:
+    """Means of each tag over `points` equal spans of env steps, up to `until` env steps (default: the run's end)."""
     last = max(int(steps.max()) for steps, _ in scalars.values() if len(steps))
+    last = min(last, until) if until is not None else last
     edges = np.linspace(0, last, points + 1)
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:]):
@@ -65,15 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--points", type=int, default=6, help="spans of the run to average over (default 6)")
+    parser.add_argument("--until", type=int, default=None,
+                        help="only the run's first N env steps (e.g. the 30-minute part of a run trained on)")
     args = parser.parse_args(argv)
     if args.points < 1:
         print("run_metrics: --points must be >= 1", file=sys.stderr)
+        return 2
+    if args.until is not None and args.until < 1:
+        print("run_metrics: --until must be >= 1", file=sys.stderr)
         return 2
     scalars = load_scalars(args.run_dir)
     if not scalars:
         print(f"run_metrics: no known scalars in {args.run_dir}/tb", file=sys.stderr)
         return 2
-    rows = summarise(scalars, args.points)
+    rows = summarise(scalars, args.points, args.until)
     keys = list(rows[0])
     print(" | ".join(keys))
     for row in rows:
