@@ -128,7 +128,9 @@ def test_resume_from_an_older_checkpoint_sets_newer_ones_aside(ray_local, tmp_pa
     from distracer.checkpoint import list_checkpoints
 
     config = small_config(tmp_path, "dqn", "total_env_steps=160", "checkpoint.every_env_steps=48")
-    train(config, handle_signals=False)
+    summary = train(config, handle_signals=False)
+    # The epsilon logged is the one the workers act with (decayed over 100 steps here), not the learner's own.
+    assert config.dqn.eps_end <= summary["learner/epsilon"] < config.dqn.eps_start
     root = tmp_path / "dqn" / "checkpoints"
     first = list_checkpoints(root)[0]
     resumed = train(small_config(tmp_path, "dqn", "total_env_steps=128"), resume=first, handle_signals=False)

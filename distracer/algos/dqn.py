@@ -349,7 +349,6 @@ class DQNLearner(Learner):
             "target_mean": target.mean().item(),
             "grad_norm": grad_norm.item(),
             "target_updated": float(target_updated),
-            "epsilon": self.policy.epsilon,
         }
 
     @torch.no_grad()

@@ -53,6 +53,8 @@ class OffPolicyLoop:
         self.pending: dict[ray.ObjectRef, tuple[str, int]] = {}
         self.learner_busy = False
         self.since_publish = 0
+        self.epsilons: list[float | None] = [None] * num_workers
+        """The epsilon last handed to each worker (DQN); None for a policy that explores by itself."""
 
     def allowed_updates(self) -> int:
         d = self.driver
@@ -82,7 +84,7 @@ class OffPolicyLoop:
         # Bring the updates up to the replay ratio for every step collected: the run ends exactly on ratio.
         self.drain()
         if self.owed_updates() > 0 and not d.stop_requested.is_set():
-            d.record_updates(ray.get(d.actors.learner.train_on_replay.remote(self.owed_updates())))
+            self.record_updates(ray.get(d.actors.learner.train_on_replay.remote(self.owed_updates())))
             d.publish()
 
     def _budget_taken(self) -> bool:
@@ -96,6 +98,7 @@ class OffPolicyLoop:
         warmup = d.counters.env_steps < self.algo.learning_starts  # random actions: only a fresh run
         weights = None if self.sent_version[i] == version else d.weights_ref
         epsilon = self.algo.worker_epsilon(d.counters.env_steps, i, len(d.actors.workers))
+        self.epsilons[i] = epsilon
         ref = d.actors.workers[i].collect_fragments.remote(self.fragment_length, weights, warmup, epsilon)
         self.sent_version[i] = version
         self.pending[ref] = ("worker", i)
@@ -113,11 +116,19 @@ class OffPolicyLoop:
                 d.count(stats)
             return
         self.learner_busy = False
-        d.record_updates(ray.get(ref))
+        self.record_updates(ray.get(ref))
         self.since_publish += arg
         if self.since_publish >= self.weights_interval:
             d.publish()
             self.since_publish = 0
+
+    def record_updates(self, metrics: dict[str, float]) -> None:
+        """The learner's metrics, with the workers' mean epsilon: the exploration the replay's data came from
+        (the learner's own policy is never handed one)."""
+        handed = [e for e in self.epsilons if e is not None]
+        if handed:
+            metrics["epsilon"] = float(sum(handed) / len(handed))
+        self.driver.record_updates(metrics)
 
     def drain(self) -> None:
         """Let the work in flight finish and reach the replay: counters, learner and replay are then one
