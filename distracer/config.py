@@ -410,22 +410,52 @@ def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+WHEN_ALGO = "when_algo"
+"""Top-level YAML key of settings that suit one algorithm only, outside its own section: `when_algo: {sac_drq:
+{env: {frame_stack: 2}}}` applies when sac_drq is trained (tune_configs/cpu.yaml's CPU settings)."""
+
+
+def resolve_when_algo(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`data` with its `when_algo` block resolved for the algorithm trained, then `overrides` over it.
+
+    Precedence: the files' own settings < `when_algo.<algo>` < `overrides` (the command line's `--set`), so a
+    preset's per-algorithm settings win over the algorithm file layered under it and lose to the user.
+    The algorithm is the one `overrides` or `data` name (TrainConfig's default otherwise); the other
+    algorithms' blocks are dropped. Raises ConfigError for a block that is not a mapping or names no algorithm.
+    """
+    overrides = overrides or {}
+    if not isinstance(data, dict) or WHEN_ALGO not in data:
+        return deep_merge(data, overrides) if isinstance(data, dict) else data
+    data = dict(data)
+    blocks = data.pop(WHEN_ALGO) or {}
+    if not isinstance(blocks, dict) or not all(isinstance(b, dict) for b in blocks.values()):
+        raise ConfigError(f"{WHEN_ALGO} must map algorithm names to mappings of settings, got {blocks!r}")
+    unknown = sorted(set(blocks) - set(ALGOS))
+    if unknown:
+        raise ConfigError(f"{WHEN_ALGO}.{unknown[0]}: unknown algorithm; allowed: {', '.join(ALGOS)}")
+    algo = overrides.get("algo", data.get("algo", TrainConfig.algo))
+    return deep_merge(deep_merge(data, blocks.get(algo, {})), overrides)
+
+
 def load_config(
     paths: list[str] | tuple[str, ...] | str | None = None, overrides: list[str] | None = None
 ) -> TrainConfig:
-    """YAML files (later ones win), then `key=value` overrides, into a validated TrainConfig."""
+    """YAML files (later ones win), their `when_algo` block for the algorithm trained, then `key=value`
+    overrides, into a validated TrainConfig."""
     if isinstance(paths, str):
         paths = [paths]
     data: dict[str, Any] = {}
     for path in paths or []:
         data = deep_merge(data, read_yaml(path))
+    given: dict[str, Any] = {}
     for item in overrides or []:
-        data = deep_merge(data, parse_override(item))
-    return config_from_dict(data)
+        given = deep_merge(given, parse_override(item))
+    return config_from_dict(resolve_when_algo(data, given))
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """A validated TrainConfig from a plain (possibly nested) dict, e.g. a checkpoint's or Tune's."""
+    """A validated TrainConfig from a plain (possibly nested) dict, e.g. a checkpoint's or Tune's (a `when_algo`
+    block in it is resolved for its algorithm)."""
     if isinstance(data, dict):  # anything else gets apply_dict's one-line error
-        data = _moved_to_their_sections(data)
+        data = _moved_to_their_sections(resolve_when_algo(data))
     return apply_dict(TrainConfig(), data).validate()

@@ -127,3 +127,70 @@ def test_settings_that_moved_section_still_load_with_a_note(capsys):
         load_config(None, ["resources.fragment_length=16", "off_policy.fragment_length=8"])
     with pytest.raises(ConfigError, match="off_policy.weights_interval=0 must be >= 1"):
         load_config(None, ["off_policy.weights_interval=0"])
+
+
+def _write(tmp_path, name: str, data: dict) -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_when_algo_applies_to_its_algorithm_between_the_files_and_the_command_line(tmp_path):
+    algo_file = _write(tmp_path, "algo.yaml", {"algo": "sac_drq", "env": {"frame_stack": 4, "action_repeat": 2}})
+    preset = _write(tmp_path, "preset.yaml", {
+        "env": {"frame_size": 64},
+        "when_algo": {"sac_drq": {"env": {"frame_stack": 2, "action_repeat": 4}, "learner": {"threads": 2}},
+                      "dqn": {"env": {"frame_stack": 3}}}})
+    config = load_config([algo_file, preset])
+    # The preset's block wins over the algorithm file layered under it; the other algorithm's block is dropped.
+    assert (config.env.frame_stack, config.env.action_repeat, config.learner.threads) == (2, 4, 2)
+    assert config.env.frame_size == 64
+    # The command line wins over the block.
+    assert load_config([algo_file, preset], ["env.frame_stack=1"]).env.frame_stack == 1
+    # The algorithm named on the command line picks its own block.
+    dqn = load_config([algo_file, preset], ["algo=dqn", "env.action_space=discrete"])
+    assert (dqn.env.frame_stack, dqn.env.action_repeat, dqn.learner.threads) == (3, 2, 0)
+    # A saved or Tune dict with a block resolves it too.
+    from distracer.config import config_from_dict
+
+    assert config_from_dict({"algo": "sac_drq", "when_algo": {"sac_drq": {"env": {"frame_stack": 1}}}}
+                            ).env.frame_stack == 1
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ({"a2c": {"env": {"frame_stack": 2}}}, "when_algo.a2c: unknown algorithm; allowed: sac_drq"),
+    ({"sac_drq": 3}, "when_algo must map algorithm names to mappings"),
+    ([1, 2], "when_algo must map algorithm names to mappings"),
+    ({"sac_drq": {"env": {"frame_stak": 2}}}, "env.frame_stak: unknown key"),
+])
+def test_bad_when_algo_blocks_are_refused_in_one_line(tmp_path, block, message):
+    from distracer.errors import ConfigError
+
+    path = _write(tmp_path, "bad.yaml", {"algo": "sac_drq", "when_algo": block})
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config([path])
+    assert "\n" not in str(err.value)
+
+
+def test_a_search_resolves_when_algo_and_refuses_to_sample_the_algorithm(tmp_path):
+    from distracer.errors import ConfigError
+
+    base = {"algo": "sac_drq", "when_algo": {"sac_drq": {"env": {"frame_stack": 2}}},
+            "tune": {"num_samples": 1, "search_space": {"sac_drq.critic_lr": {"type": "choice", "values": [1e-4]}}}}
+    search = load_search(_write(tmp_path, "search.yaml", base))
+    assert search.config.env.frame_stack == 2 and "when_algo" not in search.base
+    base["tune"]["search_space"]["algo"] = {"type": "choice", "values": ["sac_drq", "ppo"]}
+    with pytest.raises(ConfigError, match="search_space samples algo"):
+        load_search(_write(tmp_path, "search2.yaml", base))
+
+
+def test_the_cpu_preset_gives_sac_drq_its_cpu_settings_and_leaves_the_others_alone():
+    files = [str(REPO / "tune_configs/sac_drq.yaml"), str(REPO / "tune_configs/cpu.yaml")]
+    sac = load_config(files)
+    assert (sac.env.frame_size, sac.env.frame_stack, sac.learner.threads) == (64, 2, 2)
+    assert sac.env.standstill_frames > 0
+    ppo = load_config([str(REPO / "tune_configs/ppo.yaml"), str(REPO / "tune_configs/cpu.yaml")])
+    dqn = load_config([str(REPO / "tune_configs/dqn.yaml"), str(REPO / "tune_configs/cpu.yaml")])
+    assert ppo.learner.threads == 0 and dqn.learner.threads == 0 and dqn.env.frame_stack == 4
+    laptop = load_config([str(REPO / "tune_configs/sac_drq.yaml"), str(REPO / "tune_configs/laptop.yaml")])
+    assert laptop.env.frame_stack == 4  # the GPU recipe keeps the seed's 84x84x4

@@ -148,11 +148,11 @@ def test_epsilon_schedule_start_middle_end():
     assert epsilon_at(1000, 1.0, 0.05, 1000) == pytest.approx(0.05)
     assert epsilon_at(10**9, 1.0, 0.05, 1000) == pytest.approx(0.05)
     assert epsilon_at(5, 1.0, 0.05, 0) == pytest.approx(0.05)
-    learner = make(exploration_fraction=0.1, exploration_horizon=200_000)
-    assert learner.epsilon(0) == pytest.approx(1.0)
-    assert learner.epsilon(10_000) == pytest.approx(0.525)
-    assert learner.epsilon(20_000) == pytest.approx(0.05)
-    assert make(eps_decay_steps=100).epsilon(50) == pytest.approx(0.525)
+    config = DQNConfig(exploration_fraction=0.1, exploration_horizon=200_000)
+    assert config.worker_epsilon(0, 0, 1) == pytest.approx(1.0)
+    assert config.worker_epsilon(10_000, 0, 1) == pytest.approx(0.525)
+    assert config.worker_epsilon(20_000, 0, 1) == pytest.approx(0.05)
+    assert DQNConfig(eps_decay_steps=100).worker_epsilon(50, 0, 1) == pytest.approx(0.525)
 
 
 def test_apex_epsilons():
@@ -191,15 +191,16 @@ def test_checkpoint_round_trip_gives_identical_actions_and_next_update():
     a = make(seed=0, augment_pad=2, target_update_interval=2)  # augmentation draws from the generator
     for _ in range(3):
         a.update(batch(rng))
-    a.policy.epsilon = 0.3
     buffer = io.BytesIO()
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
+    assert "epsilon" not in state["extra"]  # workers get theirs from DQNConfig.worker_epsilon; none is saved
 
     b = make(seed=99, augment_pad=2, target_update_interval=2)
     b.load_state_dict(state)
-    assert b.num_updates == 3 and b.policy.epsilon == 0.3
+    assert b.num_updates == 3
+    a.policy.epsilon = b.policy.epsilon = 0.3  # what a worker is handed
     obs = batch(np.random.default_rng(5), 32)["obs"]
     np.testing.assert_array_equal(a.act(obs, explore=False), b.act(obs, explore=False))
     np.testing.assert_array_equal(a.act(obs, explore=True), b.act(obs, explore=True))
@@ -250,11 +251,12 @@ def test_build_policy_from_weights_acts_identically():
     rng = np.random.default_rng(4)
     for _ in range(5):
         learner.update(batch(rng))
-    learner.policy.epsilon = 0.5
     weights = learner.policy_weights()
     policy = build_policy(weights)
     assert isinstance(policy, DQNPolicy)
-    assert policy.epsilon == 0.5
+    # Weights carry no epsilon: a worker's comes from DQNConfig.worker_epsilon with each fragment it collects.
+    assert "epsilon" not in weights.spec and policy.epsilon == 0.0
+    learner.policy.epsilon = policy.epsilon = 0.5
     obs = torch.as_tensor(batch(rng, 32)["obs"])
     assert torch.equal(policy.act(obs, explore=False)[0], learner.policy.act(obs, explore=False)[0])
     policy.set_seed(11)

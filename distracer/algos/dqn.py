@@ -285,12 +285,6 @@ class DQNLearner(Learner):
         self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=config.learning_rate, fused=True)
         self.augment = RandomShiftsAug(config.augment_pad)
 
-    # ----- exploration -----
-    def epsilon(self, env_steps: int) -> float:
-        """The decayed epsilon at `env_steps` total environment steps."""
-        c = self.config
-        return epsilon_at(env_steps, c.eps_start, c.eps_end, c.decay_steps)
-
     # ----- learning -----
     def _check_batch(self, batch: dict[str, np.ndarray]) -> None:
         for key in ("obs", "next_obs"):
@@ -366,7 +360,6 @@ class DQNLearner(Learner):
             "n_actions": int(self.action_spec.n),
             "features_dim": int(self.config.features_dim),
             "dueling": bool(self.config.dueling),
-            "epsilon": float(self.policy.epsilon),
             "channels_last": bool(self.config.channels_last),
         }
 
@@ -374,10 +367,10 @@ class DQNLearner(Learner):
         return {"policy": self.policy, "q_target": self.q_target, "optimizer": self.optimizer}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"policy_rng": self.policy.generator.get_state(), "epsilon": float(self.policy.epsilon)}
+        # The learner's policy never explores (workers get their epsilon from `DQNConfig.worker_epsilon`), so
+        # no epsilon is saved; checkpoints of earlier versions carry one, which is ignored.
+        return {"policy_rng": self.policy.generator.get_state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "policy_rng" in state:
             self.policy.generator.set_state(state["policy_rng"].cpu())
-        if "epsilon" in state:
-            self.policy.epsilon = state["epsilon"]

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from distracer.config import (
+    WHEN_ALGO,
     TrainConfig,
     config_from_dict,
     deep_merge,
     nest_dotted,
     parse_override,
     read_yaml,
+    resolve_when_algo,
 )
 from distracer.errors import ConfigError
 from distracer.tuning.settings import SearchDim, TuneSettings
@@ -68,6 +70,7 @@ def load_search(paths: list[str] | str | None, overrides: list[str] | None = Non
     tune_raw = raw.pop("tune", None) or {}
     if not isinstance(tune_raw, dict):
         raise ConfigError(f"tune must be a mapping, got {tune_raw!r}")
+    given: dict[str, Any] = {}
     for item in overrides or []:
         if item.startswith("tune.search_space."):
             tune_raw = _override_search_space(tune_raw, item)
@@ -78,7 +81,11 @@ def load_search(paths: list[str] | str | None, overrides: list[str] | None = Non
                 raise ConfigError(f"override {item!r}: set a key of tune, e.g. tune.num_samples=4")
             tune_raw = deep_merge(tune_raw, parsed["tune"])
         else:
-            raw = deep_merge(raw, parsed)
+            given = deep_merge(given, parsed)
+    if WHEN_ALGO in raw and "algo" in (tune_raw.get("search_space") or {}):
+        raise ConfigError(f"tune.search_space samples algo, but the config's {WHEN_ALGO} block is resolved for one "
+                          "algorithm before the search; search one algorithm at a time")
+    raw = resolve_when_algo(raw, given)
     config = config_from_dict(copy.deepcopy(raw))
     settings = TuneSettings.parse(tune_raw, config)
     search = Search(raw, config, settings)
