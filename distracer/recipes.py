@@ -20,10 +20,10 @@ GPU_RECIPE = ("sac_drq", "laptop")
 CPU_RECIPE = ("ppo", "cpu")
 # What a CPU-only run of each algorithm can expect, from the runs in docs/RESULTS.md.
 CPU_NOTES = {
-    "sac_drq": "SAC+DrQ is learner-bound on a CPU (3-4 updates/s, about 8 agent steps/s on one core; "
-               "docs/RESULTS.md), hundreds of times slower than on a GPU",
-    "dqn": "DQN on a CPU is learner-bound (about 15 updates/s, 60 agent steps/s on 2 cores) and scored 366 "
-           "at 30 minutes where PPO scored 689 (docs/RESULTS.md)",
+    "sac_drq": "SAC+DrQ on a CPU is learner-bound (about 11 updates/s, 45 agent steps/s on 2 cores, a third of "
+               "PPO's; docs/RESULTS.md): it learns the most per agent step, less per minute than PPO",
+    "dqn": "DQN on a CPU is learner-bound (about 15 updates/s, 60 agent steps/s on 2 cores; docs/RESULTS.md) "
+           "and learns less per minute than PPO",
 }
 
 
