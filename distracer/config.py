@@ -7,6 +7,7 @@ anything starts, with one line naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -356,8 +357,12 @@ def apply_dict(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
     return config
 
 
-def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a config YAML, resolving `extends:` (a path or list of paths, relative to the file) first."""
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), algo: str | None = None) -> dict[str, Any]:
+    """Read a config YAML, resolving `extends:` (a path or list of paths, relative to the file) first.
+
+    With `algo`, each file's `when_algo.<algo>` block is merged right after that file's own settings (so files
+    layered or extended later still win over it) and the blocks are dropped; without it they are kept, merged.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -372,8 +377,27 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     parents = data.pop("extends", []) or []
     merged: dict[str, Any] = {}
     for parent in [parents] if isinstance(parents, str) else parents:
-        merged = deep_merge(merged, read_yaml(path.parent / parent, (*_seen, path.resolve())))
-    return deep_merge(merged, data)
+        merged = deep_merge(merged, read_yaml(path.parent / parent, (*_seen, path.resolve()), algo))
+    if algo is None:
+        return deep_merge(merged, data)
+    blocks = check_when_algo(data.pop(WHEN_ALGO, {}), str(path))
+    return deep_merge(deep_merge(merged, data), blocks.get(algo, {}))
+
+
+def read_layers(paths: list[str] | tuple[str, ...] | str | None, given: dict[str, Any]) -> dict[str, Any]:
+    """Config files layered in order (later ones win), each followed by its `when_algo` block for the algorithm
+    trained, then `given` (the parsed `--set` overrides) over all. The algorithm is the one `given` or the files
+    name (TrainConfig's default otherwise)."""
+    if isinstance(paths, str):
+        paths = [paths]
+    unresolved: dict[str, Any] = {}
+    for path in paths or []:
+        unresolved = deep_merge(unresolved, read_yaml(path))
+    algo = given.get("algo", unresolved.get("algo", TrainConfig.algo))
+    data: dict[str, Any] = {}
+    for path in paths or []:
+        data = deep_merge(data, read_yaml(path, algo=algo))
+    return deep_merge(data, given)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -413,44 +437,50 @@ def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
 WHEN_ALGO = "when_algo"
 """Top-level YAML key of settings that suit one algorithm only, outside its own section: `when_algo: {sac_drq:
 {env: {frame_stack: 2}}}` applies when sac_drq is trained (tune_configs/cpu.yaml's CPU settings)."""
+_NOT_IN_A_BLOCK = ("algo", "tune", WHEN_ALGO, "extends")
 
 
-def resolve_when_algo(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`data` with its `when_algo` block resolved for the algorithm trained, then `overrides` over it.
+def check_when_algo(blocks: Any, where: str = "config") -> dict[str, dict[str, Any]]:
+    """A `when_algo` value checked in one line: a mapping of known algorithm names to settings that a config of
+    that algorithm accepts (every block, not only the trained algorithm's, so a typo shows at once)."""
+    blocks = {} if blocks is None else blocks
+    if not isinstance(blocks, dict):
+        raise ConfigError(f"{where}: {WHEN_ALGO} must map algorithm names to mappings of settings, got {blocks!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, block in blocks.items():
+        block = {} if block is None else block
+        if name not in ALGOS:
+            raise ConfigError(f"{where}: {WHEN_ALGO}.{name}: unknown algorithm; allowed: {', '.join(ALGOS)}")
+        if not isinstance(block, dict):
+            raise ConfigError(f"{where}: {WHEN_ALGO} must map algorithm names to mappings of settings, "
+                              f"got {WHEN_ALGO}.{name}={block!r}")
+        for key in _NOT_IN_A_BLOCK:
+            if key in block:
+                raise ConfigError(f"{where}: {WHEN_ALGO}.{name}.{key}: not settable per algorithm")
+        apply_dict(TrainConfig(algo=name), copy.deepcopy(block), f"{WHEN_ALGO}.{name}.")
+        out[name] = block
+    return out
 
-    Precedence: the files' own settings < `when_algo.<algo>` < `overrides` (the command line's `--set`), so a
-    preset's per-algorithm settings win over the algorithm file layered under it and lose to the user.
-    The algorithm is the one `overrides` or `data` name (TrainConfig's default otherwise); the other
-    algorithms' blocks are dropped. Raises ConfigError for a block that is not a mapping or names no algorithm.
-    """
-    overrides = overrides or {}
+
+def resolve_when_algo(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (one dict, e.g. a Tune trial's) with its `when_algo` block for its algorithm merged over it and the
+    blocks dropped. Files go through `read_layers`, which applies each file's block in its place."""
     if not isinstance(data, dict) or WHEN_ALGO not in data:
-        return deep_merge(data, overrides) if isinstance(data, dict) else data
+        return data
     data = dict(data)
-    blocks = data.pop(WHEN_ALGO) or {}
-    if not isinstance(blocks, dict) or not all(isinstance(b, dict) for b in blocks.values()):
-        raise ConfigError(f"{WHEN_ALGO} must map algorithm names to mappings of settings, got {blocks!r}")
-    unknown = sorted(set(blocks) - set(ALGOS))
-    if unknown:
-        raise ConfigError(f"{WHEN_ALGO}.{unknown[0]}: unknown algorithm; allowed: {', '.join(ALGOS)}")
-    algo = overrides.get("algo", data.get("algo", TrainConfig.algo))
-    return deep_merge(deep_merge(data, blocks.get(algo, {})), overrides)
+    blocks = check_when_algo(data.pop(WHEN_ALGO))
+    return deep_merge(data, blocks.get(data.get("algo", TrainConfig.algo), {}))
 
 
 def load_config(
     paths: list[str] | tuple[str, ...] | str | None = None, overrides: list[str] | None = None
 ) -> TrainConfig:
-    """YAML files (later ones win), their `when_algo` block for the algorithm trained, then `key=value`
+    """YAML files (later ones win, each with its `when_algo` block for the algorithm trained), then `key=value`
     overrides, into a validated TrainConfig."""
-    if isinstance(paths, str):
-        paths = [paths]
-    data: dict[str, Any] = {}
-    for path in paths or []:
-        data = deep_merge(data, read_yaml(path))
     given: dict[str, Any] = {}
     for item in overrides or []:
         given = deep_merge(given, parse_override(item))
-    return config_from_dict(resolve_when_algo(data, given))
+    return config_from_dict(read_layers(paths, given))
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -3,8 +3,9 @@
 A recipe is an algorithm config layered with a resources preset, both files in `tune_configs/`. On a machine
 with a CUDA GPU the default is SAC+DrQ (the sample-efficient learner, whose replay ratio a GPU sustains) with
 the laptop preset; without one it is PPO with the `cpu` preset, the recipe that learns fastest per CPU-second
-(docs/RESULTS.md). A user's explicit choice is kept; a CPU run of an algorithm that needs a GPU to be quick
-gets a one-line warning saying so.
+(docs/RESULTS.md). A user's explicit choice is kept; a CPU run of an algorithm that learns less per minute
+there (SAC+DrQ, DQN: learner-bound) gets a one-line warning saying so, with the speed measured with the `cpu`
+preset.
 """
 
 from __future__ import annotations

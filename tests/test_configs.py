@@ -145,8 +145,14 @@ def test_when_algo_applies_to_its_algorithm_between_the_files_and_the_command_li
     # The preset's block wins over the algorithm file layered under it; the other algorithm's block is dropped.
     assert (config.env.frame_stack, config.env.action_repeat, config.learner.threads) == (2, 4, 2)
     assert config.env.frame_size == 64
-    # The command line wins over the block.
+    # The command line wins over the block, and so does a file layered after the preset, or one extending it.
     assert load_config([algo_file, preset], ["env.frame_stack=1"]).env.frame_stack == 1
+    user = _write(tmp_path, "user.yaml", {"env": {"frame_stack": 4}})
+    assert load_config([algo_file, preset, user]).env.frame_stack == 4
+    child = _write(tmp_path, "child.yaml", {"extends": ["algo.yaml", "preset.yaml"], "env": {"frame_stack": 3}})
+    assert load_config([child]).env.frame_stack == 3
+    # A block in a file layered under the algorithm's file loses to it, like any setting of that file.
+    assert load_config([preset, algo_file]).env.frame_stack == 4
     # The algorithm named on the command line picks its own block.
     dqn = load_config([algo_file, preset], ["algo=dqn", "env.action_space=discrete"])
     assert (dqn.env.frame_stack, dqn.env.action_repeat, dqn.learner.threads) == (3, 2, 0)
@@ -161,7 +167,10 @@ def test_when_algo_applies_to_its_algorithm_between_the_files_and_the_command_li
     ({"a2c": {"env": {"frame_stack": 2}}}, "when_algo.a2c: unknown algorithm; allowed: sac_drq"),
     ({"sac_drq": 3}, "when_algo must map algorithm names to mappings"),
     ([1, 2], "when_algo must map algorithm names to mappings"),
-    ({"sac_drq": {"env": {"frame_stak": 2}}}, "env.frame_stak: unknown key"),
+    ({"sac_drq": {"env": {"frame_stak": 2}}}, "when_algo.sac_drq.env.frame_stak: unknown key"),
+    # Every block is checked, not only the trained algorithm's.
+    ({"dqn": {"env": {"frame_stak": 2}}}, "when_algo.dqn.env.frame_stak: unknown key"),
+    ({"sac_drq": {"algo": "ppo"}}, "when_algo.sac_drq.algo: not settable per algorithm"),
 ])
 def test_bad_when_algo_blocks_are_refused_in_one_line(tmp_path, block, message):
     from distracer.errors import ConfigError
@@ -170,6 +179,11 @@ def test_bad_when_algo_blocks_are_refused_in_one_line(tmp_path, block, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_config([path])
     assert "\n" not in str(err.value)
+
+
+def test_an_empty_when_algo_block_is_no_block(tmp_path):
+    path = _write(tmp_path, "empty.yaml", {"algo": "sac_drq", "when_algo": {"sac_drq": None}})
+    assert load_config([path]).env.frame_stack == 4
 
 
 def test_a_search_resolves_when_algo_and_refuses_to_sample_the_algorithm(tmp_path):

@@ -34,7 +34,7 @@ def small_config(tmp_path, algo: str, *extra: str):
 # DQN goes through the same off-policy loop, replay and checkpoint as SAC+DrQ (its learner has its own unit
 # tests), so its end-to-end run is in `make test-slow`, keeping the default suite under 15 minutes.
 @pytest.mark.parametrize("algo", ["sac_drq", pytest.param("dqn", marks=pytest.mark.slow), "ppo"])
-def test_train_evaluate_checkpoint_and_resume(ray_local, tmp_path, algo):
+def test_train_evaluate_checkpoint_and_resume(ray_local, tmp_path, capsys, algo):
     config = small_config(tmp_path, algo, "total_env_steps=160", "checkpoint.every_env_steps=96")
     summary = train(config, handle_signals=False)
     assert summary["env_steps"] >= 160
@@ -46,7 +46,11 @@ def test_train_evaluate_checkpoint_and_resume(ray_local, tmp_path, algo):
     assert metrics and metrics[-1]["env_steps"] == summary["env_steps"]
 
     resumed_config = small_config(tmp_path, algo, "total_env_steps=256")
+    capsys.readouterr()
     resumed = train(resumed_config, resume=ckpt, handle_signals=False)
+    out = "".join(capsys.readouterr())
+    # An off-policy run resumed without its replay (save_replay off) says it refills it first.
+    assert ("holds no replay: collecting 64 agent steps" in out) == (algo != "ppo")
     assert resumed["env_steps"] >= 256
     assert resumed["num_updates"] > summary["num_updates"]  # counters continued, not restarted
     assert resumed["weights_version"] > summary["weights_version"]

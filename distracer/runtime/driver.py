@@ -157,6 +157,11 @@ class Driver:
                              f"run: {', '.join(p.name for p in self.removed_tmp)}")
         if self.checkpoint is not None:  # a resumed run still owns its best so far
             self.best_checkpoint = ([None] + list_checkpoints(self.run_dir / "best"))[-1]
+        if self.checkpoint is not None and self.off_policy and self.checkpoint.replay_dir is None:
+            # (Checkpoints in best/ never hold one; checkpoint.save_replay adds it to the others.)
+            self.logger.info(f"distracer: {self.checkpoint.path.name} holds no replay: collecting "
+                             f"{cfg.algo_config.learning_starts:,} agent steps into an empty replay before updating "
+                             "again (checkpoint.save_replay keeps the replay with each checkpoint)")
         self._start_actors()
 
     def _start_actors(self) -> None:

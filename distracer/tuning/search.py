@@ -17,8 +17,8 @@ from distracer.config import (
     deep_merge,
     nest_dotted,
     parse_override,
+    read_layers,
     read_yaml,
-    resolve_when_algo,
 )
 from distracer.errors import ConfigError
 from distracer.tuning.settings import SearchDim, TuneSettings
@@ -64,28 +64,29 @@ def load_search(paths: list[str] | str | None, overrides: list[str] | None = Non
     """YAML files + `--set` overrides -> a validated Search; `--set tune.x.y=v` merges into the tune section."""
     if isinstance(paths, str):
         paths = [paths]
-    raw: dict[str, Any] = {}
-    for path in paths or []:
-        raw = deep_merge(raw, read_yaml(path))
+    given: dict[str, Any] = {}
+    tune_items: list[str] = []
+    for item in overrides or []:
+        parsed = None if item.startswith("tune.search_space.") else parse_override(item)
+        if parsed is None or "tune" in parsed:
+            tune_items.append(item)
+        else:
+            given = deep_merge(given, parsed)
+    raw = read_layers(paths, given)
     tune_raw = raw.pop("tune", None) or {}
     if not isinstance(tune_raw, dict):
         raise ConfigError(f"tune must be a mapping, got {tune_raw!r}")
-    given: dict[str, Any] = {}
-    for item in overrides or []:
+    for item in tune_items:
         if item.startswith("tune.search_space."):
             tune_raw = _override_search_space(tune_raw, item)
             continue
         parsed = parse_override(item)
-        if "tune" in parsed:
-            if not isinstance(parsed["tune"], dict):
-                raise ConfigError(f"override {item!r}: set a key of tune, e.g. tune.num_samples=4")
-            tune_raw = deep_merge(tune_raw, parsed["tune"])
-        else:
-            given = deep_merge(given, parsed)
-    if WHEN_ALGO in raw and "algo" in (tune_raw.get("search_space") or {}):
+        if not isinstance(parsed["tune"], dict):
+            raise ConfigError(f"override {item!r}: set a key of tune, e.g. tune.num_samples=4")
+        tune_raw = deep_merge(tune_raw, parsed["tune"])
+    if "algo" in (tune_raw.get("search_space") or {}) and any(WHEN_ALGO in read_yaml(p) for p in paths or []):
         raise ConfigError(f"tune.search_space samples algo, but the config's {WHEN_ALGO} block is resolved for one "
                           "algorithm before the search; search one algorithm at a time")
-    raw = resolve_when_algo(raw, given)
     config = config_from_dict(copy.deepcopy(raw))
     settings = TuneSettings.parse(tune_raw, config)
     search = Search(raw, config, settings)
