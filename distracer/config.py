@@ -457,7 +457,10 @@ def check_when_algo(blocks: Any, where: str = "config") -> dict[str, dict[str, A
         for key in _NOT_IN_A_BLOCK:
             if key in block:
                 raise ConfigError(f"{where}: {WHEN_ALGO}.{name}.{key}: not settable per algorithm")
-        apply_dict(TrainConfig(algo=name), copy.deepcopy(block), f"{WHEN_ALGO}.{name}.")
+        try:
+            apply_dict(TrainConfig(algo=name), copy.deepcopy(block), f"{WHEN_ALGO}.{name}.")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         out[name] = block
     return out
 

@@ -178,7 +178,7 @@ def test_bad_when_algo_blocks_are_refused_in_one_line(tmp_path, block, message):
     path = _write(tmp_path, "bad.yaml", {"algo": "sac_drq", "when_algo": block})
     with pytest.raises(ConfigError, match=message) as err:
         load_config([path])
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "bad.yaml: " in str(err.value)  # the file that holds the block
 
 
 def test_an_empty_when_algo_block_is_no_block(tmp_path):
