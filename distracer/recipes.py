@@ -2,10 +2,10 @@
 
 A recipe is an algorithm config layered with a resources preset, both files in `tune_configs/`. On a machine
 with a CUDA GPU the default is SAC+DrQ (the sample-efficient learner, whose replay ratio a GPU sustains) with
-the laptop preset; without one it is PPO with the `cpu` preset, the recipe that learns fastest per CPU-second
-(docs/RESULTS.md). A user's explicit choice is kept; a CPU run of an algorithm that learns less per minute
-there (SAC+DrQ, DQN: learner-bound) gets a one-line warning saying so, with the speed measured with the `cpu`
-preset.
+the laptop preset; without one it is PPO with the `cpu` preset: at 30 minutes on 2 cores level with SAC+DrQ
+and ahead of DQN, and the only recipe shown to keep improving to 60 minutes and beyond (docs/RESULTS.md). A
+user's explicit choice is kept; a CPU run of a learner-bound algorithm (SAC+DrQ, DQN) gets a one-line warning
+with the speed measured with the `cpu` preset.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ CPU_RECIPE = ("ppo", "cpu")
 # What a CPU-only run of each algorithm can expect, from the runs in docs/RESULTS.md.
 CPU_NOTES = {
     "sac_drq": "SAC+DrQ on a CPU is learner-bound (about 11 updates/s, 45 agent steps/s on 2 cores, a third of "
-               "PPO's; docs/RESULTS.md): it learns the most per agent step, less per minute than PPO",
+               "PPO's; docs/RESULTS.md): it learns the most per agent step, about as much per minute as PPO at 30 "
+               "minutes, less steadily after",
     "dqn": "DQN on a CPU is learner-bound (about 15 updates/s, 60 agent steps/s on 2 cores; docs/RESULTS.md) "
            "and learns less per minute than PPO",
 }
