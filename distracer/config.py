@@ -314,8 +314,10 @@ def _note_renamed(old: str, new: str, both_given: bool) -> None:
     old name and the new one are both given."""
     if both_given:
         raise ConfigError(f"{old} and {new} are the same setting (the old name and the new); keep {new}")
-    if old not in _NOTED_RENAMES:
-        _NOTED_RENAMES.add(old)
+    # A when_algo block is checked under its own prefix, then applied at the top level: one setting, one note.
+    setting = old.split(".", 2)[2] if old.startswith(f"{WHEN_ALGO}.") else old
+    if setting not in _NOTED_RENAMES:
+        _NOTED_RENAMES.add(setting)
         print(f"distracer: note: {old} is now called {new}; the old name still loads", file=sys.stderr)
 
 
@@ -333,6 +335,19 @@ def _moved_to_their_sections(data: dict[str, Any]) -> dict[str, Any]:
         data = {**data, old_section: {k: v for k, v in section.items() if k != old_key},
                 new_section: {**(target if isinstance(target, dict) else {}), new_key: section[old_key]}}
     return data
+
+
+def current_names(data: Any, config: Any = None, prefix: str = "") -> Any:
+    """`data` (a TrainConfig-shaped dict: one layer, a file or the `--set` overrides) with every old name of
+    TrainConfig.MOVED and the sections' RENAMED replaced by the new one, with the one-line note. Done per layer
+    before layers merge, so a later layer's old name overrides an earlier layer's new one, as later layers do."""
+    if not isinstance(data, dict):
+        return data
+    if config is None:
+        config, data = TrainConfig(), _moved_to_their_sections(data)
+    data = _current_names(config, data, prefix)
+    return {key: current_names(value, getattr(config, key), f"{prefix}{key}.")
+            if dataclasses.is_dataclass(getattr(config, key, None)) else value for key, value in data.items()}
 
 
 def apply_dict(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
@@ -379,9 +394,9 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), algo: str | None =
     for parent in [parents] if isinstance(parents, str) else parents:
         merged = deep_merge(merged, read_yaml(path.parent / parent, (*_seen, path.resolve()), algo))
     if algo is None:
-        return deep_merge(merged, data)
+        return deep_merge(merged, current_names(data))
     blocks = check_when_algo(data.pop(WHEN_ALGO, {}), str(path))
-    return deep_merge(deep_merge(merged, data), blocks.get(algo, {}))
+    return deep_merge(deep_merge(merged, current_names(data)), current_names(blocks.get(algo, {})))
 
 
 def read_layers(paths: list[str] | tuple[str, ...] | str | None, given: dict[str, Any]) -> dict[str, Any]:
@@ -397,7 +412,7 @@ def read_layers(paths: list[str] | tuple[str, ...] | str | None, given: dict[str
     data: dict[str, Any] = {}
     for path in paths or []:
         data = deep_merge(data, read_yaml(path, algo=algo))
-    return deep_merge(data, given)
+    return deep_merge(data, current_names(given))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

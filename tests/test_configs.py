@@ -97,6 +97,37 @@ def test_old_names_still_load_with_a_one_line_note(capsys, tmp_path):
         load_config(None, ["ppo.lr=3e-4", "ppo.learning_rate=1e-4"])
 
 
+def test_an_old_name_in_a_when_algo_block_is_noted_once(capsys, tmp_path):
+    import distracer.config as config_module
+
+    config_module._NOTED_RENAMES.clear()
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("when_algo:\n  dqn:\n    dqn:\n      updates_per_step: 0.5\n")
+    config = load_config([str(REPO / "tune_configs/dqn.yaml"), str(layer)], [])
+    assert config.dqn.replay_ratio == 0.5
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert notes == ["distracer: note: when_algo.dqn.dqn.updates_per_step is now called "
+                     "when_algo.dqn.dqn.replay_ratio; the old name still loads"]
+
+
+def test_a_later_layers_old_name_wins_over_an_earlier_layers_new_name(tmp_path):
+    from distracer.errors import ConfigError
+
+    old = tmp_path / "old.yaml"
+    old.write_text("dqn:\n  updates_per_step: 0.5\nresources:\n  weights_every: 7\n")
+    config = load_config([str(REPO / "tune_configs/dqn.yaml"), str(old)], ["ppo.lr=3e-4"])
+    assert (config.dqn.replay_ratio, config.off_policy.weights_interval) == (0.5, 7)
+    assert config.ppo.learning_rate == 3e-4
+    child = tmp_path / "child.yaml"  # extends a file with the new name, sets the old one
+    child.write_text("extends: old.yaml\ndqn:\n  replay_ratio: 2.0\noff_policy:\n  weights_interval: 9\n")
+    config = load_config([str(child)], ["dqn.updates_per_step=1.0"])
+    assert (config.dqn.replay_ratio, config.off_policy.weights_interval) == (1.0, 9)
+    both = tmp_path / "both.yaml"  # within one layer, both names is still a mistake
+    both.write_text("dqn:\n  updates_per_step: 0.5\n  replay_ratio: 1.0\n")
+    with pytest.raises(ConfigError, match="same setting"):
+        load_config([str(both)], [])
+
+
 def test_a_config_saved_under_the_old_names_loads(tmp_path):
     from distracer.config import config_from_dict
 
