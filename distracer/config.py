@@ -343,7 +343,7 @@ def current_names(data: Any, config: Any = None, prefix: str = "") -> Any:
     before layers merge, so a later layer's old name overrides an earlier layer's new one, as later layers do."""
     if not isinstance(data, dict):
         return data
-    if config is None:
+    if config is None:  # a whole TrainConfig dict (`prefix` names where it comes from, e.g. a when_algo block)
         config, data = TrainConfig(), _moved_to_their_sections(data)
     data = _current_names(config, data, prefix)
     return {key: current_names(value, getattr(config, key), f"{prefix}{key}.")
@@ -396,7 +396,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), algo: str | None =
     if algo is None:
         return deep_merge(merged, current_names(data))
     blocks = check_when_algo(data.pop(WHEN_ALGO, {}), str(path))
-    return deep_merge(deep_merge(merged, current_names(data)), current_names(blocks.get(algo, {})))
+    return deep_merge(deep_merge(merged, current_names(data)), blocks.get(algo, {}))
 
 
 def read_layers(paths: list[str] | tuple[str, ...] | str | None, given: dict[str, Any]) -> dict[str, Any]:
@@ -473,6 +473,7 @@ def check_when_algo(blocks: Any, where: str = "config") -> dict[str, dict[str, A
             if key in block:
                 raise ConfigError(f"{where}: {WHEN_ALGO}.{name}.{key}: not settable per algorithm")
         try:
+            block = current_names(block, prefix=f"{WHEN_ALGO}.{name}.")
             apply_dict(TrainConfig(algo=name), copy.deepcopy(block), f"{WHEN_ALGO}.{name}.")
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -486,8 +487,8 @@ def resolve_when_algo(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict) or WHEN_ALGO not in data:
         return data
     data = dict(data)
-    blocks = check_when_algo(data.pop(WHEN_ALGO))
-    return deep_merge(data, blocks.get(data.get("algo", TrainConfig.algo), {}))
+    blocks = check_when_algo(data.pop(WHEN_ALGO))  # renamed, as the data are below: a block wins either way
+    return deep_merge(current_names(data), blocks.get(data.get("algo", TrainConfig.algo), {}))
 
 
 def load_config(
@@ -505,5 +506,5 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A validated TrainConfig from a plain (possibly nested) dict, e.g. a checkpoint's or Tune's (a `when_algo`
     block in it is resolved for its algorithm)."""
     if isinstance(data, dict):  # anything else gets apply_dict's one-line error
-        data = _moved_to_their_sections(resolve_when_algo(data))
+        data = current_names(resolve_when_algo(data))
     return apply_dict(TrainConfig(), data).validate()

@@ -113,12 +113,14 @@ def test_an_old_name_in_a_when_algo_block_is_noted_once(capsys, tmp_path):
 def test_a_later_layers_old_name_wins_over_an_earlier_layers_new_name(tmp_path):
     from distracer.errors import ConfigError
 
+    new = tmp_path / "new.yaml"
+    new.write_text("off_policy:\n  weights_interval: 3\n")
     old = tmp_path / "old.yaml"
     old.write_text("dqn:\n  updates_per_step: 0.5\nresources:\n  weights_every: 7\n")
-    config = load_config([str(REPO / "tune_configs/dqn.yaml"), str(old)], ["ppo.lr=3e-4"])
+    config = load_config([str(REPO / "tune_configs/dqn.yaml"), str(new), str(old)], ["ppo.lr=3e-4"])
     assert (config.dqn.replay_ratio, config.off_policy.weights_interval) == (0.5, 7)
     assert config.ppo.learning_rate == 3e-4
-    child = tmp_path / "child.yaml"  # extends a file with the new name, sets the old one
+    child = tmp_path / "child.yaml"  # extends the file with the old names, sets the new ones
     child.write_text("extends: old.yaml\ndqn:\n  replay_ratio: 2.0\noff_policy:\n  weights_interval: 9\n")
     config = load_config([str(child)], ["dqn.updates_per_step=1.0"])
     assert (config.dqn.replay_ratio, config.off_policy.weights_interval) == (1.0, 9)
@@ -126,6 +128,27 @@ def test_a_later_layers_old_name_wins_over_an_earlier_layers_new_name(tmp_path):
     both.write_text("dqn:\n  updates_per_step: 0.5\n  replay_ratio: 1.0\n")
     with pytest.raises(ConfigError, match="same setting"):
         load_config([str(both)], [])
+
+
+def test_old_names_in_a_when_algo_block_and_in_a_search_are_renamed_before_merging(tmp_path):
+    from distracer.config import config_from_dict
+    from distracer.tuning.search import load_search, trial_config
+
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("when_algo:\n  dqn:\n    resources:\n      weights_every: 7\n")
+    config = load_config([str(REPO / "tune_configs/dqn.yaml"), str(layer)], [])
+    assert config.off_policy.weights_interval == 7
+    config = load_config([str(REPO / "tune_configs/dqn.yaml")], ["when_algo.dqn.dqn.updates_per_step=0.5"])
+    assert config.dqn.replay_ratio == 0.5
+    saved = config.to_dict()  # a Tune or checkpoint dict with a block that uses an old name
+    saved["when_algo"] = {"dqn": {"dqn": {"updates_per_step": 0.75}}}
+    assert config_from_dict(saved).dqn.replay_ratio == 0.75
+    search_file = tmp_path / "search.yaml"
+    search_file.write_text("extends: " + str(REPO / "tune_configs/dqn.yaml") + "\ndqn:\n  updates_per_step: 0.5\n"
+                           "tune:\n  num_samples: 2\n  search_space:\n"
+                           "    dqn.updates_per_step: {type: choice, values: [0.25, 1.0]}\n")
+    search = load_search([str(search_file)])
+    assert trial_config(search, {"dqn.updates_per_step": 1.0}).dqn.replay_ratio == 1.0
 
 
 def test_a_config_saved_under_the_old_names_loads(tmp_path):

@@ -14,6 +14,7 @@ from distracer.config import (
     WHEN_ALGO,
     TrainConfig,
     config_from_dict,
+    current_names,
     deep_merge,
     nest_dotted,
     parse_override,
@@ -53,7 +54,10 @@ def trial_values(settings: TuneSettings, sampled: dict[str, Any]) -> dict[str, A
 
 def trial_config(search: Search, sampled: dict[str, Any], run_dir: str | None = None) -> TrainConfig:
     """The validated TrainConfig of one trial: base config + sampled values (+ the trial's own run_dir)."""
-    data = deep_merge(copy.deepcopy(search.base), nest_dotted(trial_values(search.settings, sampled)))
+    # The base holds the current names (config.current_names): so must the sampled keys, or an old-named dim
+    # would sit beside its new name in the base.
+    sampled_tree = current_names(nest_dotted(trial_values(search.settings, sampled)))
+    data = deep_merge(copy.deepcopy(search.base), sampled_tree)
     if run_dir is not None:
         # The trial's driver keeps one checkpoint of its own: Tune keeps the ones that matter.
         data = deep_merge(data, {"run_dir": run_dir, "checkpoint": {"keep": 1}})
