@@ -112,9 +112,9 @@ RECIPES: dict[str, Recipe] = {
     # The `cpu` recipe as it was before `env.standstill_frames: 100` joined tune_configs/ppo.yaml (the runs in
     # docs/RESULTS.md called `ppo` up to commit 4187c9c, and `ppo_standstill` the `ppo` of today).
     "ppo_no_standstill": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("env.standstill_frames=0",)),
-    # Candidate: the `ppo` recipe with gSDE's log_std starting at -1.5, not -2: an initial action std of about
-    # 0.057, where seeds 1 and 2 settled, not 0.035, where seed 3 stayed and learned slowly (docs/RESULTS.md).
-    "ppo_wide_std": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.log_std_init=-1.5",)),
+    # The `ppo` recipe as it was before `ppo.log_std_init: -1.5` joined tune_configs/ppo.yaml: RL Zoo's -2 (the
+    # runs in docs/RESULTS.md called `ppo` up to commit 552999d; `ppo_wide_std` there is the `ppo` of today).
+    "ppo_narrow_std": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.log_std_init=-2.0",)),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)

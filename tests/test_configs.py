@@ -260,5 +260,6 @@ def test_the_cpu_preset_gives_sac_drq_its_cpu_settings_and_leaves_the_others_alo
     ppo = load_config([str(REPO / "tune_configs/ppo.yaml"), str(REPO / "tune_configs/cpu.yaml")])
     dqn = load_config([str(REPO / "tune_configs/dqn.yaml"), str(REPO / "tune_configs/cpu.yaml")])
     assert ppo.learner.threads == 0 and dqn.learner.threads == 0 and dqn.env.frame_stack == 4
+    assert ppo.ppo.log_std_init == -1.5  # gSDE starts at action std ~0.06 (docs/RESULTS.md, ppo_wide_std)
     laptop = load_config([str(REPO / "tune_configs/sac_drq.yaml"), str(REPO / "tune_configs/laptop.yaml")])
     assert laptop.env.frame_stack == 4  # the GPU recipe keeps the seed's 84x84x4
