@@ -2,8 +2,8 @@
 
 A recipe is an algorithm config layered with a resources preset, both files in `tune_configs/`. On a machine
 with a CUDA GPU the default is SAC+DrQ (the sample-efficient learner, whose replay ratio a GPU sustains) with
-the laptop preset; without one it is PPO with the `cpu` preset: at 30 minutes on 2 cores level with SAC+DrQ
-and ahead of DQN, and the only recipe shown to keep improving to 60 minutes and beyond (docs/RESULTS.md). A
+the laptop preset; without one it is PPO with the `cpu` preset: at 30 minutes on 2 cores ahead of SAC+DrQ and
+DQN, and the only recipe shown to keep improving to 60 minutes and beyond (docs/RESULTS.md). A
 user's explicit choice is kept; a CPU run of a learner-bound algorithm (SAC+DrQ, DQN) gets a one-line warning
 with the speed measured with the `cpu` preset.
 """
@@ -22,8 +22,7 @@ CPU_RECIPE = ("ppo", "cpu")
 # What a CPU-only run of each algorithm can expect, from the runs in docs/RESULTS.md.
 CPU_NOTES = {
     "sac_drq": "SAC+DrQ on a CPU is learner-bound (about 11 updates/s, 45 agent steps/s on 2 cores, a third of "
-               "PPO's; docs/RESULTS.md): it learns the most per agent step, about as much per minute as PPO at 30 "
-               "minutes, less steadily after",
+               "PPO's; docs/RESULTS.md): it learns the most per agent step, less per minute than PPO",
     "dqn": "DQN on a CPU is learner-bound (about 15 updates/s, 60 agent steps/s on 2 cores; docs/RESULTS.md) "
            "and learns less per minute than PPO",
 }
