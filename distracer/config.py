@@ -372,16 +372,21 @@ def apply_dict(config: Any, data: dict[str, Any], prefix: str = "") -> Any:
     return config
 
 
-def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), algo: str | None = None) -> dict[str, Any]:
+def read_yaml(path: str | Path, algo: str | None = None) -> dict[str, Any]:
     """Read a config YAML, resolving `extends:` (a path or list of paths, relative to the file) first.
 
     With `algo`, each file's `when_algo.<algo>` block is merged right after that file's own settings (so files
     layered or extended later still win over it) and the blocks are dropped; without it they are kept, merged.
     """
-    path = Path(path)
+    return _merge_layers(_file_layers(Path(path), ()), algo)
+
+
+def _file_layers(path: Path, seen: tuple[Path, ...]) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
+    """One (settings, checked when_algo blocks) pair per file, in the order they apply: the files `path` extends
+    (recursively) first, then `path` itself. Old names are already renamed to the current ones."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    if path.resolve() in _seen:
+    if path.resolve() in seen:
         raise ConfigError(f"config file {str(path)!r} extends itself")
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -390,29 +395,36 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), algo: str | None =
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     parents = data.pop("extends", []) or []
-    merged: dict[str, Any] = {}
+    layers = []
     for parent in [parents] if isinstance(parents, str) else parents:
-        merged = deep_merge(merged, read_yaml(path.parent / parent, (*_seen, path.resolve()), algo))
-    if algo is None:
-        return deep_merge(merged, current_names(data))
+        layers += _file_layers(path.parent / parent, (*seen, path.resolve()))
     blocks = check_when_algo(data.pop(WHEN_ALGO, {}), str(path))
-    return deep_merge(deep_merge(merged, current_names(data)), blocks.get(algo, {}))
+    return [*layers, (current_names(data), blocks)]
+
+
+def _merge_layers(layers: list[tuple[dict[str, Any], dict[str, dict[str, Any]]]], algo: str | None) -> dict[str, Any]:
+    """Layers merged in order, each followed by its block for `algo`; with `algo` None the blocks are kept,
+    merged, under `when_algo`."""
+    data: dict[str, Any] = {}
+    for settings, blocks in layers:
+        data = deep_merge(data, settings)
+        if algo is not None:
+            data = deep_merge(data, blocks.get(algo, {}))
+        elif blocks:
+            data = deep_merge(data, {WHEN_ALGO: blocks})
+    return data
 
 
 def read_layers(paths: list[str] | tuple[str, ...] | str | None, given: dict[str, Any]) -> dict[str, Any]:
     """Config files layered in order (later ones win), each followed by its `when_algo` block for the algorithm
     trained, then `given` (the parsed `--set` overrides) over all. The algorithm is the one `given` or the files
-    name (TrainConfig's default otherwise)."""
+    name (TrainConfig's default otherwise). Each file is read once."""
     if isinstance(paths, str):
         paths = [paths]
-    unresolved: dict[str, Any] = {}
-    for path in paths or []:
-        unresolved = deep_merge(unresolved, read_yaml(path))
-    algo = given.get("algo", unresolved.get("algo", TrainConfig.algo))
-    data: dict[str, Any] = {}
-    for path in paths or []:
-        data = deep_merge(data, read_yaml(path, algo=algo))
-    return deep_merge(data, current_names(given))
+    layers = [layer for path in paths or [] for layer in _file_layers(Path(path), ())]
+    named = [settings["algo"] for settings, _ in layers if "algo" in settings]
+    algo = given.get("algo", named[-1] if named else TrainConfig.algo)
+    return deep_merge(_merge_layers(layers, algo), current_names(given))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
