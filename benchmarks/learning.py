@@ -115,9 +115,9 @@ RECIPES: dict[str, Recipe] = {
     # The `ppo` recipe as it was before `ppo.log_std_init: -1.5` joined tune_configs/ppo.yaml: RL Zoo's -2 (the
     # runs in docs/RESULTS.md called `ppo` up to commit 552999d; `ppo_wide_std` there is the `ppo` of today).
     "ppo_narrow_std": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.log_std_init=-2.0",)),
-    # `ppo` with its learning rate decayed to 0 by about 30 minutes on 2 cores (61 rollouts of 8 x 512 = 250k
-    # agent steps) instead of over 600k agent steps: does annealing to the budget give a better 30-minute policy?
-    "ppo_anneal30": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.total_updates=61",)),
+    # `ppo` with its learning rate decayed to 0 over the run's time budget (--minutes) instead of over 600k agent
+    # steps: does annealing to the budget, on a machine of any speed, give a better policy at the budget's end?
+    "ppo_budget_lr": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.lr_horizon=budget",)),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)

@@ -225,7 +225,8 @@ def test_wrong_obs_shape_is_a_config_error():
 
 
 @pytest.mark.parametrize("bad", [dict(lr_schedule="cosine"), dict(lr_schedule="linear"), dict(minibatch_size=1),
-                                 dict(clip_range_vf=0.0), dict(gamma=1.5), dict(target_kl=-1.0)])
+                                 dict(clip_range_vf=0.0), dict(gamma=1.5), dict(target_kl=-1.0),
+                                 dict(lr_horizon="minutes")])
 def test_config_validate_refuses(bad):
     with pytest.raises(ConfigError):
         small_config(**bad).validate()
@@ -248,6 +249,16 @@ def test_linear_lr_schedule_decays_to_zero():
     learner, rollout = learner_and_rollout(lr_schedule="linear", total_updates=2, n_epochs=1)
     lrs = [learner.update(rollout)["learning_rate"] for _ in range(3)]
     assert lrs == pytest.approx([3e-4, 1.5e-4, 0.0])
+
+
+def test_budget_horizon_ends_the_schedule_with_the_time_budget():
+    # 'budget': the position is the further along of updates (k / 4) and time (the fraction passed in).
+    learner, rollout = learner_and_rollout(lr_schedule="linear", total_updates=4, n_epochs=1, lr_horizon="budget")
+    lrs = [learner.update(rollout, budget_used=used)["learning_rate"] for used in (0.0, 0.5, 0.1, 1.2)]
+    assert lrs == pytest.approx([3e-4, 1.5e-4, 1.5e-4, 0.0])  # k=0, time 0.5, k=2 (0.5) beats time 0.1, past 1
+    # 'steps' (the default) ignores the time budget.
+    learner, rollout = learner_and_rollout(lr_schedule="linear", total_updates=4, n_epochs=1)
+    assert learner.update(rollout, budget_used=0.9)["learning_rate"] == pytest.approx(3e-4)
 
 
 LAYOUTS = {

@@ -159,6 +159,16 @@ def test_ppo_policy_lag_overlaps_collection_and_counts_every_step(ray_local, tmp
     assert summary["learner/approx_kl"] == summary["learner/approx_kl"]  # the stale rollout still trains
 
 
+def test_ppo_budget_horizon_follows_the_time_budget(ray_local, tmp_path):
+    # 1,000 updates would leave the lr at >= 99.6% after the few this run makes; the 2-minute budget, of which
+    # the actors' start and the first rollouts alone spend seconds, takes it lower.
+    config = small_config(tmp_path, "ppo", "total_env_steps=200", "max_minutes=2", "ppo.lr_schedule=linear",
+                          "ppo.total_updates=1000", "ppo.lr_horizon=budget")
+    summary = train(config, handle_signals=False)
+    assert summary["num_updates"] < 10
+    assert 0 < summary["learner/learning_rate"] < 0.995 * config.ppo.learning_rate
+
+
 @pytest.mark.slow  # ~40 s of full stock evaluation episodes; run with `make test-slow`
 def test_best_evaluation_and_timed_checkpoints_are_kept(ray_local, tmp_path):
     from distracer.checkpoint import list_checkpoints, load_checkpoint

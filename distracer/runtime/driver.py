@@ -199,11 +199,17 @@ class Driver:
         self.counters.worker_restarts += 1
         self.logger.scalar("system/worker_restarts", self.counters.worker_restarts, self.counters.env_steps)
 
+    def budget_used(self) -> float:
+        """The fraction of `max_minutes` spent so far (wall-clock since the run began, across resumes); 0 without a
+        time budget."""
+        minutes = self.config.max_minutes
+        return (time.time() - self.start_time) / (minutes * 60) if minutes else 0.0
+
     def done(self) -> bool:
         cfg = self.config
         if self.stop_requested.is_set():
             return True
-        if cfg.max_minutes and time.time() - self.start_time > cfg.max_minutes * 60:
+        if self.budget_used() > 1.0:
             self.logger.info("distracer: time budget reached")
             return True
         return self.counters.env_steps >= cfg.total_env_steps

@@ -96,13 +96,14 @@ class LearnerActor:
         return {"update_seconds": self.update_seconds, "wait_seconds": self.wait_seconds}
 
     # ----- on-policy -----
-    def train_on_rollouts(self, *rollouts: Any) -> dict[str, float]:
-        """One synchronous PPO update on the rollouts of all workers (refs resolved by Ray here)."""
+    def train_on_rollouts(self, *rollouts: Any, budget_used: float = 0.0) -> dict[str, float]:
+        """One synchronous PPO update on the rollouts of all workers (refs resolved by Ray here); `budget_used`,
+        the fraction of the run's time budget spent, for `ppo.lr_horizon='budget'`."""
         from distracer.algos.ppo import concat_rollouts
 
         rollout = rollouts[0] if len(rollouts) == 1 else concat_rollouts(list(rollouts))
         t0 = time.perf_counter()
-        metrics = self.learner.update(rollout)
+        metrics = self.learner.update(rollout, budget_used=budget_used)
         self.update_seconds += time.perf_counter() - t0
         out = {k: float(v) for k, v in metrics.items()}
         out["num_updates"] = self.learner.num_updates

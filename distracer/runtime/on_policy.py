@@ -38,7 +38,8 @@ class OnPolicyLoop:
         calls: list[Any] | None = None
         while not d.done():
             calls = calls or self._launch()
-            metrics_ref = d.actors.learner.train_on_rollouts.remote(*[c[0] for c in calls])
+            metrics_ref = d.actors.learner.train_on_rollouts.remote(*[c[0] for c in calls],
+                                                                    budget_used=d.budget_used())
             stats_refs = [c[1] for c in calls]
             calls = self._launch() if self.lag else None  # lag: with the weights the learner is updating now
             collected = self._round_stats(stats_refs)

@@ -12,6 +12,7 @@ from distracer.errors import ConfigError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 LR_SCHEDULES = ("constant", "linear")
+LR_HORIZONS = ("steps", "budget")
 
 
 @dataclass
@@ -40,6 +41,11 @@ class PPOConfig:
     total_updates: int = 0
     """Horizon of the linear schedule, in update() calls (rollouts); the runtime derives it from its step
     budget with `PPOConfig.updates_for(total_env_steps)`. Unused by 'constant'."""
+    lr_horizon: str = "steps"
+    """What the linear schedule decays over. 'steps': `total_updates`. 'budget': the run's whole budget, whichever
+    of `total_env_steps` and `max_minutes` ends it first (position max(k / total_updates, elapsed / max_minutes),
+    elapsed wall-clock as `max_minutes` counts it, across resumes), so a time-boxed run ends annealed on a
+    machine of any speed. Without `max_minutes` the two are the same."""
     adam_eps: float = 1e-5
     """Adam epsilon (SB3 and CleanRL use 1e-5 for PPO)."""
     gamma: float = 0.99
@@ -117,6 +123,8 @@ class PPOConfig:
                 raise ConfigError(f"ppo.{name}={getattr(self, name)} must be > 0")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"ppo.lr_schedule={self.lr_schedule!r} is unknown; allowed: {', '.join(LR_SCHEDULES)}")
+        if self.lr_horizon not in LR_HORIZONS:
+            raise ConfigError(f"ppo.lr_horizon={self.lr_horizon!r} is unknown; allowed: {', '.join(LR_HORIZONS)}")
         if self.lr_schedule == "linear" and self.total_updates < 1:
             raise ConfigError(
                 f"ppo.total_updates={self.total_updates} must be >= 1 with lr_schedule='linear' "

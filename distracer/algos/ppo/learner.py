@@ -82,10 +82,16 @@ class PPOLearner(Learner):
         if "reward_normalizer" in state:
             self.reward_normalizer.load_state_dict(state["reward_normalizer"])
 
-    def current_lr(self) -> float:
+    def current_lr(self, budget_used: float = 0.0) -> float:
+        """The learning rate of the next update. `budget_used`: the fraction of the run's time budget spent (0 to
+        1; the runtime passes elapsed / max_minutes), which ends a linear schedule early under
+        `lr_horizon='budget'`."""
         cfg = self.config
         if cfg.lr_schedule == "linear":
-            return cfg.learning_rate * max(0.0, 1.0 - self.schedule_step / cfg.total_updates)
+            position = self.schedule_step / cfg.total_updates
+            if cfg.lr_horizon == "budget":
+                position = max(position, budget_used)
+            return cfg.learning_rate * max(0.0, 1.0 - position)
         return cfg.learning_rate
 
     # ----- the update -----
@@ -118,8 +124,9 @@ class PPOLearner(Learner):
             chunks.append(self.policy.log_prob_entropy(head, actions[start:end])[0].float())
         return torch.cat(chunks)
 
-    def update(self, batch: Rollout | dict[str, Any]) -> dict[str, float]:
+    def update(self, batch: Rollout | dict[str, Any], budget_used: float = 0.0) -> dict[str, float]:
         """One PPO update (n_epochs of minibatch steps) from one rollout; returns metrics as floats.
+        `budget_used` as in `current_lr`.
 
         On a NaN/inf in the inputs, a loss or a gradient, every module, the optimiser, the reward
         normaliser and the RNG are restored to their state at entry and NonFiniteLossError is raised.
@@ -131,7 +138,7 @@ class PPOLearner(Learner):
                 raise NonFiniteLossError(f"rollout {name} holds NaN/inf; update skipped, weights unchanged")
         snap = self._snapshot()
         try:
-            metrics = self._update(rollout)
+            metrics = self._update(rollout, self.current_lr(budget_used))
         except NonFiniteLossError:
             self._restore(snap)
             raise
@@ -139,10 +146,9 @@ class PPOLearner(Learner):
         self.schedule_step += 1
         return metrics
 
-    def _update(self, rollout: Rollout) -> dict[str, float]:
+    def _update(self, rollout: Rollout, lr: float) -> dict[str, float]:
         cfg = self.config
         data = self._prepare(rollout)
-        lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.policy.train()
