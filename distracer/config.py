@@ -494,12 +494,13 @@ def check_when_algo(blocks: Any, where: str = "config") -> dict[str, dict[str, A
 
 
 def resolve_when_algo(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` (one dict, e.g. a Tune trial's) with its `when_algo` block for its algorithm merged over it and the
-    blocks dropped. Files go through `read_layers`, which applies each file's block in its place."""
-    if not isinstance(data, dict) or WHEN_ALGO not in data:
+    """`data` (one dict, e.g. a Tune trial's or a checkpoint's) in current names, with its `when_algo` block for its
+    algorithm merged over it and the blocks dropped. Files go through `read_layers`, which applies each file's
+    block in its place."""
+    if not isinstance(data, dict):
         return data
     data = dict(data)
-    blocks = check_when_algo(data.pop(WHEN_ALGO))  # renamed, as the data are below: a block wins either way
+    blocks = check_when_algo(data.pop(WHEN_ALGO, None))  # renamed, as the data are below: a block wins either way
     return deep_merge(current_names(data), blocks.get(data.get("algo", TrainConfig.algo), {}))
 
 
@@ -518,5 +519,5 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A validated TrainConfig from a plain (possibly nested) dict, e.g. a checkpoint's or Tune's (a `when_algo`
     block in it is resolved for its algorithm)."""
     if isinstance(data, dict):  # anything else gets apply_dict's one-line error
-        data = current_names(resolve_when_algo(data))
+        data = resolve_when_algo(data)
     return apply_dict(TrainConfig(), data).validate()
