@@ -27,6 +27,7 @@ from distracer.envs.wrappers import (  # noqa: E402
     NoProgressPenalty,
     NoProgressTermination,
     RestOfEpisodePenalty,
+    SkippedTilePenalty,
     StandstillTermination,
     SteerAccelActions,
     steer_accel_to_native,
@@ -423,6 +424,78 @@ def test_make_env_ends_only_training_episodes_of_a_car_braked_to_a_halt():
     assert not any(evaluation.step(brake)[2] for _ in range(75))  # 150 frames, still going
 
 
+class ScriptedTiles(ScriptedRewards):
+    """A track of `n` tiles whose visits follow a script (the tiles first touched on each frame); tiles 0 and 1
+    are touched on reset, as CarRacing's placing of the car does."""
+
+    def __init__(self, n: int, visits: list[list[int]]):
+        super().__init__([-0.1] * len(visits))
+        self.visits = visits
+        self.road = [types.SimpleNamespace(road_visited=False) for _ in range(n)]
+
+    def reset(self, *, seed=None, options=None):
+        for tile in self.road:
+            tile.road_visited = False
+        self.road[0].road_visited = self.road[1].road_visited = True
+        self.tile_visited_count = 2
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        for i in self.visits[self.t]:
+            self.road[i].road_visited = True
+        self.tile_visited_count = sum(t.road_visited for t in self.road)
+        return super().step(action)
+
+
+def skip_rewards(visits: list[list[int]], n: int = 40) -> list[float]:
+    """The shaped reward of each frame, with the skip penalty -20 (the time penalty -0.1 beneath)."""
+    return [s[1] for s in run_episode(SkippedTilePenalty(ScriptedTiles(n, visits), penalty=-20.0))]
+
+
+def test_skip_penalty_charges_a_gap_left_behind_once_confirmed():
+    # Tiles 4-6 jumped on frame 3; charged once the car is 4 tiles past them (tile 10), once for the whole gap.
+    rewards = skip_rewards([[2], [3], [7], [8], [9], [10], [11]])
+    assert rewards == pytest.approx([-0.1] * 5 + [-20.1, -0.1])
+    env = SkippedTilePenalty(ScriptedTiles(40, [[2], [3], [7], [8], [9], [10], [11]]), penalty=-20.0)
+    assert run_episode(env)[5][4]["skipped_tiles"] == 3
+
+
+def test_skip_penalty_ignores_a_wheel_ahead_in_a_corner_the_wrong_way_and_an_in_order_lap():
+    assert skip_rewards([[3], [2], [4], [5], [6], [7], [8], [9]]) == pytest.approx([-0.1] * 8)  # 3 before 2
+    assert skip_rewards([[39], [38], [37], [36], [35], [34]]) == pytest.approx([-0.1] * 6)  # backwards from 0
+    assert skip_rewards([[i] for i in range(2, 40)]) == pytest.approx([-0.1] * 38)
+
+
+def test_skip_penalty_refunds_a_gap_visited_later():
+    # Gap 4-6 charged at tile 10, then visited (the track passing close to itself, or the car going back).
+    rewards = skip_rewards([[2], [3], [7], [8], [9], [10], [4, 5], [6], [11]])
+    assert rewards == pytest.approx([-0.1] * 5 + [-20.1, -0.1, 19.9, -0.1])
+    with pytest.raises(ValueError, match="penalty=5.0"):
+        SkippedTilePenalty(ScriptedTiles(40, [[2]]), penalty=5.0)
+
+
+def test_make_env_adds_the_skip_penalty_to_training_envs_only():
+    config = EnvConfig(action_repeat=2, frame_size=64, skip_penalty=-20.0)
+    wrappers = []
+    env = make_env(config, seed=5, training=True)
+    while isinstance(env, gym.Wrapper):
+        wrappers.append(type(env))
+        env = env.env
+    assert SkippedTilePenalty in wrappers
+    env = make_env(config, seed=5, stock=True)
+    while isinstance(env, gym.Wrapper):
+        assert not isinstance(env, SkippedTilePenalty)
+        env = env.env
+
+
+def test_a_resume_may_change_training_only_rules_but_not_what_the_policy_sees():
+    base = EnvConfig(action_repeat=2, frame_size=64, frame_stack=2, standstill_frames=100)
+    shaped = EnvConfig(action_repeat=2, frame_size=64, frame_stack=2, skip_penalty=-20.0, fast=False)
+    assert base.acting_fields() == shaped.acting_fields()
+    assert base.acting_fields() != EnvConfig(action_repeat=2, frame_size=84, frame_stack=2).acting_fields()
+    assert base.acting_fields() != EnvConfig(action_repeat=4, frame_size=64, frame_stack=2).acting_fields()
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -430,6 +503,7 @@ def test_make_env_ends_only_training_episodes_of_a_car_braked_to_a_halt():
         ({"no_progress_frames": 50, "no_progress_penalty": 5.0}, "no_progress_penalty=5.0 must be <= 0"),
         ({"no_progress_penalty": -10.0}, "never applies"),
         ({"standstill_frames": -5}, "standstill_frames=-5"),
+        ({"skip_penalty": 20.0}, "skip_penalty=20.0 must be <= 0"),
     ],
 )
 def test_no_progress_settings_are_checked(settings, message):

@@ -16,6 +16,7 @@ from distracer.envs.wrappers import (
     NoProgressTermination,
     RestOfEpisodePenalty,
     SeedOnFirstReset,
+    SkippedTilePenalty,
     StackedChannels,
     StandstillTermination,
     SteerAccelActions,
@@ -58,8 +59,8 @@ def make_env(
         seed: seeds the first reset (the track) and the action space.
         stock: force the stock (True) or fast (False) simulator; None follows `config.fast`.
         render_mode: passed to the env, e.g. "rgb_array" for full-resolution video frames.
-        training: a rollout worker's env: adds the training-only `no_progress_*` and `standstill_frames` rules
-            of `config`. Evaluation leaves it False, so scores are always whole stock episodes.
+        training: a rollout worker's env: adds the training-only `no_progress_*`, `standstill_frames` and
+            `skip_penalty` rules of `config`. Evaluation leaves it False, so scores are always whole stock episodes.
     """
     config = config or EnvConfig()
     config.validate()
@@ -76,6 +77,8 @@ def make_env(
         env = NoProgressPenalty(env, config.no_progress_penalty)
     if stands_still:
         env = RestOfEpisodePenalty(env)
+    if training and config.skip_penalty:
+        env = SkippedTilePenalty(env, config.skip_penalty)
     env = SteerAccelActions(env) if config.action_space == "continuous" else DiscreteActions(env)
     if config.action_repeat > 1:
         env = ActionRepeat(env, config.action_repeat)

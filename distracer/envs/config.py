@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from distracer.errors import ConfigError
 
@@ -10,6 +10,9 @@ ACTION_SPACES = ("continuous", "discrete")
 CHANNEL_ORDERS = ("first", "last")
 # The smallest square frame the Nature-CNN encoder accepts: 8x8/4 -> 4x4/2 -> 3x3/1 leaves 1x1 at 36.
 MIN_FRAME_SIZE = 36
+# Settings that shape training episodes only (scores always come from whole stock episodes), or only how fast
+# the same pixels are made: a resumed run may change them.
+TRAINING_ONLY_FIELDS = ("fast", "no_progress_frames", "no_progress_penalty", "standstill_frames", "skip_penalty")
 
 
 @dataclass
@@ -38,6 +41,11 @@ class EnvConfig:
     """Training only: end an episode once the car has stood still (hull speed < 1 m/s) for this many
     consecutive env frames, charging that step -0.1 for every frame the episode had left (the stock return of
     a car that never moves again); 0 = never. Evaluation always runs the full stock episode."""
+    skip_penalty: float = 0.0
+    """Training only: reward (<= 0) added on the env frame the car reaches a tile with unvisited tiles behind it
+    (a cut corner, or off the road and back further on), after which the stock episode cannot end on a finished
+    lap and runs on at -0.1 a frame to frame 1,000 (shaping; training returns and all scores stay unmodified);
+    0 = off."""
 
     def validate(self) -> None:
         if self.action_space not in ACTION_SPACES:
@@ -60,8 +68,15 @@ class EnvConfig:
             )
         if self.no_progress_penalty and not self.no_progress_frames:
             raise ConfigError("env.no_progress_penalty is set but env.no_progress_frames is 0, so it never applies")
+        if self.skip_penalty > 0:
+            raise ConfigError(f"env.skip_penalty={self.skip_penalty} must be <= 0 (a reward teaches skipping)")
         if self.standstill_frames < 0:
             raise ConfigError(f"env.standstill_frames={self.standstill_frames} must be >= 0 (0 = off)")
+
+    def acting_fields(self) -> dict[str, object]:
+        """The settings that define what a policy sees and does (spaces, frames, repeat): a checkpoint resumes
+        only under the same ones. The training-only rules and the simulator choice may change on resume."""
+        return {k: v for k, v in asdict(self).items() if k not in TRAINING_ONLY_FIELDS}
 
     @property
     def channels(self) -> int:

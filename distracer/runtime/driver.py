@@ -116,7 +116,7 @@ class Driver:
             raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} is a {saved.get('algo')} run; "
                               f"this config trains {self.config.algo}")
         saved_env = config_from_dict(saved["config"]).env
-        if saved_env != self.config.env:
+        if saved_env.acting_fields() != self.config.env.acting_fields():
             raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} was trained with env {saved_env}; "
                               f"the config asks for {self.config.env}")
         self.counters = Counters.from_dict(saved["counters"])
