@@ -58,6 +58,9 @@ class EvalResult:
     standstill: list[int] = field(default_factory=list)
     """Per episode, the longest time the car stood still (hull speed < 1 m/s), in frames: why a policy that
     drives can still score little (it braked to a halt and stayed)."""
+    tiles_missed: list[int] = field(default_factory=list)
+    """Per episode, the track tiles never visited. CarRacing-v3 ends an episode before frame 1,000 only once
+    every tile is visited, so a car that laps fast but cut a corner runs on at -0.1 a frame to the time limit."""
 
     @property
     def mean(self) -> float:
@@ -69,7 +72,8 @@ class EvalResult:
 
     def merge(self, other: EvalResult) -> EvalResult:
         return EvalResult(self.returns + other.returns, self.lengths + other.lengths, self.seeds + other.seeds,
-                          self.seconds + other.seconds, self.standstill + other.standstill)
+                          self.seconds + other.seconds, self.standstill + other.standstill,
+                          self.tiles_missed + other.tiles_missed)
 
     def sorted(self) -> EvalResult:
         """Episodes in seed order (parallel tasks finish in any order)."""
@@ -79,7 +83,7 @@ class EvalResult:
             return [values[i] for i in order] if len(values) == len(order) else list(values)
 
         return EvalResult(pick(self.returns), pick(self.lengths), pick(self.seeds), pick(self.seconds),
-                          pick(self.standstill))
+                          pick(self.standstill), pick(self.tiles_missed))
 
     def summary(self) -> str:
         return f"{self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} episodes"
@@ -131,6 +135,7 @@ class Episode:
     seconds: float
     video: bytes | None = None
     standstill: int = 0  # longest standstill, frames (sampled once per agent step)
+    tiles_missed: int = 0  # track tiles never visited
 
 
 def run_episode(act: ActFn, env_config: EnvConfig, seed: int, video_path: Path | None = None,
@@ -162,6 +167,7 @@ def run_episode(act: ActFn, env_config: EnvConfig, seed: int, video_path: Path |
                 recorder.add(env.render(), obs, score, steps)
             if terminated or truncated or (max_steps is not None and steps >= max_steps):
                 break
+        tiles_missed = len(env.unwrapped.track) - env.unwrapped.tile_visited_count
     finally:
         env.close()
         if recorder is not None:
@@ -171,7 +177,7 @@ def run_episode(act: ActFn, env_config: EnvConfig, seed: int, video_path: Path |
     else:  # cut short by max_steps: not a CarRacing score
         ret, length = score, steps * env_config.action_repeat
     return Episode(seed, ret, length, time.perf_counter() - start,
-                   standstill=longest_still * env_config.action_repeat)
+                   standstill=longest_still * env_config.action_repeat, tiles_missed=tiles_missed)
 
 
 def run_episodes(source: PolicySource | PolicyWeights, env_config: EnvConfig, seeds: list[int],
@@ -205,7 +211,8 @@ def evaluate_policy(weights: PolicyWeights | PolicySource, env_config: EnvConfig
 
 def to_result(episodes: list[Episode]) -> EvalResult:
     return EvalResult([e.ret for e in episodes], [e.length for e in episodes], [e.seed for e in episodes],
-                      [e.seconds for e in episodes], [e.standstill for e in episodes])
+                      [e.seconds for e in episodes], [e.standstill for e in episodes],
+                      [e.tiles_missed for e in episodes])
 
 
 def _remote_chunk(source: PolicySource, env_config: EnvConfig, seeds: list[int], with_video: bool,
@@ -253,8 +260,9 @@ def evaluate_parallel(source: PolicySource, env_config: EnvConfig, seeds: list[i
 
 def _log_episode(log: Callable[[str], None], episode: Episode, k: int, n: int) -> None:
     stood = f", stood still {episode.standstill} frames" if episode.standstill >= STANDSTILL_REPORT_FRAMES else ""
+    missed = f", missed {episode.tiles_missed} tiles" if episode.tiles_missed else ""
     log(f"  [{k}/{n}] seed {episode.seed}: return {episode.ret:7.1f}  ({episode.length} steps, "
-        f"{episode.seconds:.1f} s{stood})")
+        f"{episode.seconds:.1f} s{stood}{missed})")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -413,7 +421,7 @@ def _report(loaded: Loaded, result: EvalResult, wall: float, workers: int, max_s
         "env_config": {k: v for k, v in loaded.env_config.__dict__.items() if k != "fast"},
         "deterministic": True, "episodes": n,
         "seeds": result.seeds, "returns": result.returns, "lengths": result.lengths,
-        "standstill_frames": result.standstill,
+        "standstill_frames": result.standstill, "tiles_missed": result.tiles_missed,
         "episode_seconds": [round(s, 3) for s in result.seconds],
         "mean": result.mean, "std": result.std, "min": float(np.min(result.returns)),
         "max": float(np.max(result.returns)), "solved": solved, "max_steps": max_steps,

@@ -177,6 +177,19 @@ def test_each_episode_reports_how_long_the_car_stood_still():
     assert driven.standstill <= 2 * 2  # at rest for at most the first agent step or two
 
 
+def test_each_episode_reports_the_track_tiles_it_missed():
+    """A car braked from the start visits only the start tiles; every other tile is reported missed."""
+    from distracer.envs import make_env
+
+    config = EnvConfig(action_repeat=2, frame_size=64, frame_stack=2)
+    braked = run_episode(lambda obs: np.array([0.0, -1.0], np.float32), config, seed=3, max_steps=20)
+    env = make_env(config, seed=3, stock=True)
+    env.reset()
+    tiles = len(env.unwrapped.track)
+    assert braked.tiles_missed == tiles - env.unwrapped.tile_visited_count  # all but the tiles under the car
+    assert tiles - 3 <= braked.tiles_missed < tiles
+
+
 def test_parallel_episodes_on_ray_match_sequential_ones(ray_local, ckpts, tmp_path):
     kwargs = {"episodes": 3, "max_steps": 8, "log": lambda _: None}
     parallel = evaluate_checkpoint(ckpts["sac_drq"], workers=2, video_dir=tmp_path / "v", **kwargs)
