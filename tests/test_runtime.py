@@ -45,7 +45,11 @@ def test_train_evaluate_checkpoint_and_resume(ray_local, tmp_path, capsys, algo)
     metrics = [json.loads(line) for line in open(tmp_path / algo / "metrics.jsonl")]
     assert metrics and metrics[-1]["env_steps"] == summary["env_steps"]
 
-    resumed_config = small_config(tmp_path, algo, "total_env_steps=256")
+    with pytest.raises(ConfigError, match="was trained with env"):  # what the policy sees may not change
+        train(small_config(tmp_path, algo, "total_env_steps=256", "env.frame_size=52"), resume=ckpt,
+              handle_signals=False)
+    # A training-only rule may: here the skip penalty, on the real env in the rollout workers.
+    resumed_config = small_config(tmp_path, algo, "total_env_steps=256", "env.skip_penalty=-5.0")
     capsys.readouterr()
     resumed = train(resumed_config, resume=ckpt, handle_signals=False)
     out = "".join(capsys.readouterr())
