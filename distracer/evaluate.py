@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,7 @@ class EvalResult:
         return float(np.std(self.returns)) if self.returns else float("nan")
 
     def merge(self, other: EvalResult) -> EvalResult:
-        return EvalResult(self.returns + other.returns, self.lengths + other.lengths, self.seeds + other.seeds,
-                          self.seconds + other.seconds, self.standstill + other.standstill,
-                          self.tiles_missed + other.tiles_missed)
+        return EvalResult(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
     def sorted(self) -> EvalResult:
         """Episodes in seed order (parallel tasks finish in any order)."""
@@ -82,8 +80,7 @@ class EvalResult:
         def pick(values: list) -> list:
             return [values[i] for i in order] if len(values) == len(order) else list(values)
 
-        return EvalResult(pick(self.returns), pick(self.lengths), pick(self.seeds), pick(self.seconds),
-                          pick(self.standstill), pick(self.tiles_missed))
+        return EvalResult(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
 
     def summary(self) -> str:
         return f"{self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} episodes"

@@ -42,10 +42,10 @@ class EnvConfig:
     consecutive env frames, charging that step -0.1 for every frame the episode had left (the stock return of
     a car that never moves again); 0 = never. Evaluation always runs the full stock episode."""
     skip_penalty: float = 0.0
-    """Training only: reward (<= 0) added on the env frame the car reaches a tile with unvisited tiles behind it
-    (a cut corner, or off the road and back further on), after which the stock episode cannot end on a finished
-    lap and runs on at -0.1 a frame to frame 1,000 (shaping; training returns and all scores stay unmodified);
-    0 = off."""
+    """Training only: reward (<= 0) added once the car has left track tiles unvisited behind it (a cut corner, or
+    off the road and back further on; charged 4 tiles past the gap, refunded if the gap is visited later): the
+    stock episode then cannot end on a finished lap and runs on at -0.1 a frame to frame 1,000 (shaping;
+    training returns and all scores stay unmodified); 0 = off. `SkippedTilePenalty`."""
 
     def validate(self) -> None:
         if self.action_space not in ACTION_SPACES:
