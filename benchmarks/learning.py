@@ -118,6 +118,12 @@ RECIPES: dict[str, Recipe] = {
     # `ppo` with its learning rate decayed to 0 over the run's time budget (--minutes) instead of over 600k agent
     # steps: does annealing to the budget, on a machine of any speed, give a better policy at the budget's end?
     "ppo_budget_lr": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.lr_horizon=budget",)),
+    # `ppo_budget_lr` in two phases: the standstill rule on while the car learns to drive, off for the last quarter
+    # of the budget (`env_switch`: new rollout workers, the same learner), so the annealed end trains on whole stock
+    # episodes and the car learns to start again after a halt. The 120 + 45-minute resume of docs/RESULTS.md in one run.
+    "ppo_two_phase": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
+                            ("ppo.lr_horizon=budget", "env_switch.at_budget=0.75",
+                             "env_switch.env.standstill_frames=0")),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)

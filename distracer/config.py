@@ -21,7 +21,7 @@ import yaml
 
 from distracer.algos import ALGOS, config_class, spec
 from distracer.algos.base import DeviceConfig
-from distracer.envs.config import EnvConfig
+from distracer.envs.config import TRAINING_ONLY_FIELDS, EnvConfig
 from distracer.errors import ConfigError
 
 
@@ -155,6 +155,43 @@ class CheckpointConfig:
             raise ConfigError(f"checkpoint.every_minutes={self.every_minutes} must be a finite number >= 0")
 
 
+@dataclass
+class EnvSwitchConfig:
+    """A change of training rules part-way through a run: for example the standstill rule on while the car learns
+    to drive, off for the late, fine-tuning part (docs/RESULTS.md: the two-phase PPO run)."""
+
+    at_budget: float = 0.0
+    """Fraction of the run's budget (0 to 1, exclusive) after which the rollout workers train under `env`: the
+    further along of elapsed / `max_minutes` (wall-clock across resumes) and env steps / `total_env_steps`, as
+    `ppo.lr_horizon='budget'` measures it. 0 = never. There the run writes a checkpoint and restarts its rollout
+    workers with the new rules; the learner, its optimiser and the replay go on untouched. A run resumed past
+    that point starts under the new rules."""
+    env: dict = field(default_factory=dict)
+    """The env settings to change and their new values, e.g. `{standstill_frames: 0}`: training-only ones only
+    (`envs.config.TRAINING_ONLY_FIELDS`), since what the policy sees and does must stay the same."""
+
+    def validate(self, env: EnvConfig) -> None:
+        if not (0.0 <= self.at_budget < 1.0):
+            raise ConfigError(f"env_switch.at_budget={self.at_budget} must be in [0, 1) (0 = no switch)")
+        if bool(self.at_budget) != bool(self.env):
+            raise ConfigError("env_switch needs both at_budget (> 0) and env (the rules to change), or neither; got "
+                              f"at_budget={self.at_budget}, env={self.env}")
+        self.switched(env)
+
+    def switched(self, env: EnvConfig) -> EnvConfig:
+        """`env` with this switch's settings applied, checked like any other env setting."""
+        acting = sorted(set(self.env) - set(TRAINING_ONLY_FIELDS))
+        if acting:
+            raise ConfigError(f"env_switch.env may change training-only settings ({', '.join(TRAINING_ONLY_FIELDS)}), "
+                              f"not {', '.join(acting)}")
+        new = apply_dict(copy.deepcopy(env), self.env, "env_switch.env.")
+        try:
+            new.validate()
+        except ConfigError as exc:  # EnvConfig names its fields env.*: say where this value came from
+            raise ConfigError(f"env_switch.env: {exc}") from None
+        return new
+
+
 def _algo_default(name: str):
     return field(default_factory=lambda: config_class(name)())
 
@@ -172,6 +209,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     """Stop after this much wall-clock time (0 = no limit); a final checkpoint is written."""
     env: EnvConfig = field(default_factory=EnvConfig)
+    env_switch: EnvSwitchConfig = field(default_factory=EnvSwitchConfig)
     learner: DeviceConfig = field(default_factory=DeviceConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     off_policy: OffPolicyLoopConfig = field(default_factory=OffPolicyLoopConfig)
@@ -205,6 +243,7 @@ class TrainConfig:
         for section in (self.env, self.learner, self.resources, self.off_policy, self.replay, self.eval,
                         self.checkpoint):
             section.validate()
+        self.env_switch.validate(self.env)
         algo = spec(self.algo)
         self.algo_config.derive(self.total_env_steps, self.resources.num_workers * self.resources.envs_per_worker)
         self.algo_config.validate()

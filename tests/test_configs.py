@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from distracer.config import load_config, read_yaml
+from distracer.errors import ConfigError
 from distracer.tuning import load_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,6 @@ def test_presets_layer_over_every_algorithm(algo, preset):
                                       "resources.worker_cpus=.nan", "eval.episodes=.inf",
                                       "checkpoint.every_minutes=.nan", "ppo.clip_range_vf=.nan"])
 def test_non_finite_numbers_are_refused_in_every_section(override):
-    from distracer.errors import ConfigError
 
     key = override.split("=")[0]
     try:
@@ -67,7 +67,6 @@ def test_exponent_without_a_dot_is_a_number_on_the_command_line():
 
 
 def test_learner_threads_default_to_the_reserved_cpus_and_refuse_negatives():
-    from distracer.errors import ConfigError
 
     assert load_config(None, []).learner.threads == 0
     assert load_config(None, ["learner.threads=2"]).learner.threads == 2
@@ -77,7 +76,6 @@ def test_learner_threads_default_to_the_reserved_cpus_and_refuse_negatives():
 
 def test_old_names_still_load_with_a_one_line_note(capsys, tmp_path):
     import distracer.config as config_module
-    from distracer.errors import ConfigError
 
     config_module._NOTED_RENAMES.clear()
     old = tmp_path / "old.yaml"
@@ -111,7 +109,6 @@ def test_an_old_name_in_a_when_algo_block_is_noted_once(capsys, tmp_path):
 
 
 def test_a_later_layers_old_name_wins_over_an_earlier_layers_new_name(tmp_path):
-    from distracer.errors import ConfigError
 
     new = tmp_path / "new.yaml"
     new.write_text("off_policy:\n  weights_interval: 3\n")
@@ -164,7 +161,6 @@ def test_a_config_saved_under_the_old_names_loads(tmp_path):
 def test_settings_that_moved_section_still_load_with_a_note(capsys):
     import distracer.config as config_module
     from distracer.config import config_from_dict
-    from distracer.errors import ConfigError
 
     config_module._NOTED_RENAMES.clear()
     config = load_config(None, ["resources.fragment_length=16", "resources.weights_every=10"])
@@ -227,7 +223,6 @@ def test_when_algo_applies_to_its_algorithm_between_the_files_and_the_command_li
     ({"sac_drq": {"algo": "ppo"}}, "when_algo.sac_drq.algo: not settable per algorithm"),
 ])
 def test_bad_when_algo_blocks_are_refused_in_one_line(tmp_path, block, message):
-    from distracer.errors import ConfigError
 
     path = _write(tmp_path, "bad.yaml", {"algo": "sac_drq", "when_algo": block})
     with pytest.raises(ConfigError, match=message) as err:
@@ -241,7 +236,6 @@ def test_an_empty_when_algo_block_is_no_block(tmp_path):
 
 
 def test_a_search_resolves_when_algo_and_refuses_to_sample_the_algorithm(tmp_path):
-    from distracer.errors import ConfigError
 
     base = {"algo": "sac_drq", "when_algo": {"sac_drq": {"env": {"frame_stack": 2}}},
             "tune": {"num_samples": 1, "search_space": {"sac_drq.critic_lr": {"type": "choice", "values": [1e-4]}}}}
@@ -263,3 +257,21 @@ def test_the_cpu_preset_gives_sac_drq_its_cpu_settings_and_leaves_the_others_alo
     assert ppo.ppo.log_std_init == -1.5  # gSDE starts at action std ~0.06 (docs/RESULTS.md, ppo_wide_std)
     laptop = load_config([str(REPO / "tune_configs/sac_drq.yaml"), str(REPO / "tune_configs/laptop.yaml")])
     assert laptop.env.frame_stack == 4  # the GPU recipe keeps the seed's 84x84x4
+
+
+def test_env_switch_changes_training_rules_only_and_is_checked_before_anything_starts():
+    config = load_config(None, ["env_switch.at_budget=0.75", "env_switch.env.standstill_frames=0",
+                                "env.standstill_frames=100"])
+    assert config.env_switch.switched(config.env).standstill_frames == 0
+    assert config.env.standstill_frames == 100  # the run starts under the first rules
+    for sets, message in [
+        (["env_switch.at_budget=0.5", "env_switch.env.frame_size=64"], "training-only settings .* not frame_size"),
+        (["env_switch.at_budget=0.5"], "needs both at_budget"),
+        (["env_switch.env.skip_penalty=-5"], "needs both at_budget"),
+        (["env_switch.at_budget=1.0", "env_switch.env.skip_penalty=-5"], r"must be in \[0, 1\)"),
+        (["env_switch.at_budget=0.5", "env_switch.env.skip_penalty=5"],
+         "env_switch.env: env.skip_penalty=5.0 must be <= 0"),
+        (["env_switch.at_budget=0.5", "env_switch.env.standstill_frames=yes"], "env_switch.env.standstill_frames"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, sets)

@@ -60,6 +60,39 @@ def test_train_evaluate_checkpoint_and_resume(ray_local, tmp_path, capsys, algo)
     assert resumed["weights_version"] > summary["weights_version"]
 
 
+def test_env_switch_restarts_workers_under_new_rules(ray_local, tmp_path, capsys):
+    import ray
+
+    from distracer.checkpoint import list_checkpoints, load_checkpoint
+
+    config = small_config(tmp_path, "ppo", "total_env_steps=512", "env_switch.at_budget=0.5",
+                          "env_switch.env.skip_penalty=-5.0")
+    seen = []  # at each checkpoint: the skip penalty each rollout worker trains under
+
+    def workers_rules(report):
+        seen.append(ray.get([w.__ray_call__.remote(lambda worker: worker.config.env.skip_penalty)
+                             for w in driver.actors.workers]))
+
+    driver = Driver(config, reporter=workers_rules, handle_signals=False)
+    summary = driver.run()
+    assert "now train with env.skip_penalty=-5.0 (env_switch)" in "".join(capsys.readouterr())
+    # The switch's own checkpoint is written under the old rules; the final one under the new.
+    assert seen[0] == [0.0, 0.0] and seen[-1] == [-5.0, -5.0]
+    assert summary["env_steps"] >= 512
+    switch_point, *_ = list_checkpoints(tmp_path / "ppo" / "checkpoints")
+    assert 256 <= load_checkpoint(switch_point).state["counters"]["env_steps"] < 512
+    assert load_checkpoint(summary["checkpoint"]).state["config"]["env"]["skip_penalty"] == -5.0
+
+    # A run resumed past its switch starts under the new rules.
+    seen.clear()
+    driver = Driver(small_config(tmp_path, "ppo", "total_env_steps=640", "env_switch.at_budget=0.25",
+                                 "env_switch.env.skip_penalty=-5.0"),
+                    resume=switch_point, reporter=workers_rules, handle_signals=False)
+    driver.run()
+    assert "resumed past its env switch" in "".join(capsys.readouterr())
+    assert seen and all(rules == [-5.0, -5.0] for rules in seen)
+
+
 # Two workers (and two shards) is the harder case for holding the ratio; one worker runs with `make test-slow`.
 @pytest.mark.parametrize("workers", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_replay_ratio_holds_with_workers(ray_local, tmp_path, workers):

@@ -104,13 +104,26 @@ class RunActors:
                                  resources=res.learner_resources or None)(LearnerActor)
         self.learner = learner_cls.options(**self._bundle(LEARNER_BUNDLE)).remote(
             cfg, self.obs_shape, self.action_spec, self.shards, learner_state, self.gpus > 0)
+        self._start_workers(restart_salt)
+        ray.get([w.ready.remote() for w in self.workers] + [self.learner.num_updates.remote()])
+
+    def replace_workers(self, config: TrainConfig, restart_salt: int) -> None:
+        """Kill the rollout workers and start new ones under `config` (the same spaces and shards, e.g. other
+        training rules: `env_switch`); wait until each answers."""
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+        self.config, self.workers = config, []
+        self._start_workers(restart_salt)
+        ray.get([w.ready.remote() for w in self.workers])
+
+    def _start_workers(self, restart_salt: int) -> None:
+        res = self.config.resources
         worker_cls = ray.remote(num_cpus=res.worker_cpus, max_restarts=-1,
                                 resources=res.worker_resources or None)(RolloutWorker)
         for i in range(res.num_workers):
             shard = self.shard_names[i % len(self.shard_names)] if self.shard_names else None
             self.workers.append(worker_cls.options(**self._bundle(LEARNER_BUNDLE + 1 + i)).remote(
-                cfg, i, shard, restart_salt))
-        ray.get([w.ready.remote() for w in self.workers] + [self.learner.num_updates.remote()])
+                self.config, i, shard, restart_salt))
 
     def _start_shards(self, capacity: int, replay_dir: Path | None) -> None:
         from distracer.replay.shard import ReplayShardImpl

@@ -9,6 +9,7 @@ ever holds counts, metrics and object refs, never sample data.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -44,6 +45,9 @@ from distracer.runtime.report import Counters, RunReport
 from distracer.runtime.worker import CollectStats
 from distracer.runtime.worker_deaths import PART_DIED, WorkerDeaths
 
+# The env switch's new workers take tracks of their own: a worker seed salt that no resume count reaches.
+ENV_SWITCH_SALT = 1_000_000
+
 Reporter = Callable[[RunReport], None]
 __all__ = ["Counters", "Driver", "Reporter", "RunReport", "bundle_layout", "train"]
 
@@ -71,6 +75,7 @@ class Driver:
         self.in_trial = in_trial
         self.final_report: RunReport | None = None
         self.off_policy = spec(config.algo).off_policy
+        self.switched = False  # env_switch applied (the workers train under its rules)
         self.counters = self._fresh_counters()
         self.checkpoint = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume) if resume else None
         if self.checkpoint is not None:
@@ -138,6 +143,9 @@ class Driver:
         self.logger.info(f"distracer: resumed from an older checkpoint; {len(newer)} newer one(s) moved to {aside}")
 
     def _setup(self) -> None:
+        self.start_time = time.time() - self.counters.wall_seconds  # (set again once Ray and the actors are up)
+        if self._switch_due():  # a run resumed past its env switch starts under the new rules
+            self._apply_switch()
         cfg = self.config
         self.started_ray = init_ray(cfg.resources)
         gpus = learner_gpus(cfg.resources)  # refuses a GPU the cluster lacks, before any actor starts
@@ -152,6 +160,9 @@ class Driver:
         self.logger = RunLogger(self.run_dir, cfg, start_steps=self.counters.env_steps,
                                 start_updates=self.counters.num_updates)
         self._set_aside_newer_checkpoints()
+        if self.switched:
+            self.logger.info(f"distracer: resumed past its env switch: the rollout workers train with "
+                             f"{self._switch_changes()} (env_switch)")
         if self.removed_tmp:
             self.logger.info(f"distracer: removed {len(self.removed_tmp)} unfinished checkpoint write(s) of a killed "
                              f"run: {', '.join(p.name for p in self.removed_tmp)}")
@@ -205,7 +216,20 @@ class Driver:
         minutes = self.config.max_minutes
         return (time.time() - self.start_time) / (minutes * 60) if minutes else 0.0
 
+    def budget_position(self) -> float:
+        """How far the run is through its budget: the further along of `budget_used()` and env steps /
+        `total_env_steps` (1 or more once it is spent); what `env_switch.at_budget` is measured in."""
+        return max(self.budget_used(), self.counters.env_steps / self.config.total_env_steps)
+
+    def _switch_due(self) -> bool:
+        at = self.config.env_switch.at_budget
+        return bool(at) and not self.switched and self.budget_position() >= at
+
     def done(self) -> bool:
+        """True when the algorithm's loop should return: the run is over, or its env switch is due."""
+        return self._finished() or self._switch_due()
+
+    def _finished(self) -> bool:
         cfg = self.config
         if self.stop_requested.is_set():
             return True
@@ -272,9 +296,28 @@ class Driver:
                     self._recover(died)
                     died = None
                 (OffPolicyLoop(self) if self.off_policy else OnPolicyLoop(self)).run()
-                return
+                if self.stop_requested.is_set() or not self._switch_due():
+                    return
+                self._switch_env()
             except PART_DIED as exc:
                 died = exc
+
+    # ----- the env switch
+    def _apply_switch(self) -> None:
+        self.config = dataclasses.replace(self.config, env=self.config.env_switch.switched(self.config.env))
+        self.switched = True
+
+    def _switch_changes(self) -> str:
+        return ", ".join(f"env.{k}={v}" for k, v in self.config.env_switch.env.items())
+
+    def _switch_env(self) -> None:
+        """`env_switch`: a checkpoint first (a resume from it switches too), then new rollout workers under the
+        new rules. The learner, its optimiser and the replay go on as they are."""
+        self._save()
+        self._apply_switch()
+        self.logger.info(f"distracer: {self.budget_position():.0%} of the budget spent: the rollout workers now "
+                         f"train with {self._switch_changes()} (env_switch)")
+        self.actors.replace_workers(self.config, ENV_SWITCH_SALT + self.counters.resumes)
 
     # ----- recovery
     def _died_line(self, exc: BaseException) -> str:
