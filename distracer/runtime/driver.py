@@ -120,10 +120,14 @@ class Driver:
         if saved.get("algo") != self.config.algo:
             raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} is a {saved.get('algo')} run; "
                               f"this config trains {self.config.algo}")
-        saved_env = config_from_dict(saved["config"]).env
-        if saved_env.acting_fields() != self.config.env.acting_fields():
-            raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} was trained with env {saved_env}; "
-                              f"the config asks for {self.config.env}")
+        saved_env = config_from_dict(saved["config"]).env.acting_fields()
+        asked = self.config.env.acting_fields()
+        if saved_env != asked:
+            differ = [k for k in asked if saved_env.get(k) != asked[k]]
+            raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} was trained with "
+                              f"{', '.join(f'env.{k}={saved_env.get(k)!r}' for k in differ)}; the config asks for "
+                              f"{', '.join(f'env.{k}={asked[k]!r}' for k in differ)} (what the policy sees and does "
+                              "cannot change on resume)")
         self.counters = Counters.from_dict(saved["counters"])
         self.counters.resumes += 1
 
