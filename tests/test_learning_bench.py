@@ -344,3 +344,15 @@ def test_eval_only_reuses_scores_of_the_same_snapshots_and_seeds(tmp_path):
     assert [(r.task.seed, r.ret, r.length) for r in known[old.path]] == list(zip(seeds, [1.0, 2.0, 3.0], [1000] * 3))
     other_seeds = bench.make_plan(bench.build_parser().parse_args(["--eval-only", str(tmp_path), "--episodes", "5"]))
     assert bench.scored_before(other_seeds, [old]) == {}  # other seeds: scored again
+
+
+def test_every_recipe_is_a_valid_config():
+    from distracer.config import load_config
+
+    for recipe in bench.RECIPES.values():
+        if not recipe.peer:
+            load_config([str(bench.REPO / c) for c in recipe.configs], list(recipe.overrides))  # ConfigError if not
+    two_phase = bench.RECIPES["ppo_two_phase"]
+    config = load_config([str(bench.REPO / c) for c in two_phase.configs], list(two_phase.overrides))
+    assert (config.env_switch.at_budget, config.env_switch.switched(config.env).standstill_frames) == (0.75, 0)
+    assert config.env.standstill_frames > 0  # on until the switch
