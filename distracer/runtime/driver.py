@@ -122,8 +122,8 @@ class Driver:
                               f"this config trains {self.config.algo}")
         saved_env = config_from_dict(saved["config"]).env.acting_fields()
         asked = self.config.env.acting_fields()
-        if saved_env != asked:
-            differ = [k for k in asked if saved_env.get(k) != asked[k]]
+        differ = [k for k in asked if saved_env.get(k) != asked[k]]
+        if differ:
             raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} was trained with "
                               f"{', '.join(f'env.{k}={saved_env.get(k)!r}' for k in differ)}; the config asks for "
                               f"{', '.join(f'env.{k}={asked[k]!r}' for k in differ)} (what the policy sees and does "
