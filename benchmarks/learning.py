@@ -110,7 +110,7 @@ RECIPES: dict[str, Recipe] = {
                               ("env.no_progress_frames=100", "env.no_progress_penalty=-100",
                                "env.standstill_frames=0")),  # as measured, before the standstill rule
     # The `cpu` recipe as it was before `env.standstill_frames: 100` joined tune_configs/ppo.yaml (the runs in
-    # docs/RESULTS.md called `ppo` up to commit 4187c9c, and `ppo_standstill` the `ppo` of today).
+    # docs/RESULTS.md called `ppo` up to commit 4187c9c; `ppo_standstill` there is today's `ppo_narrow_std`).
     "ppo_no_standstill": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("env.standstill_frames=0",)),
     # The `ppo` recipe as it was before `ppo.log_std_init: -1.5` joined tune_configs/ppo.yaml: RL Zoo's -2 (the
     # runs in docs/RESULTS.md called `ppo` up to commit 552999d; `ppo_wide_std` there is the `ppo` of today).
@@ -118,12 +118,10 @@ RECIPES: dict[str, Recipe] = {
     # `ppo` with its learning rate decayed to 0 over the run's time budget (--minutes) instead of over 600k agent
     # steps: does annealing to the budget, on a machine of any speed, give a better policy at the budget's end?
     "ppo_budget_lr": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.lr_horizon=budget",)),
-    # `ppo_budget_lr` in two phases: the standstill rule on while the car learns to drive, off for the last quarter
-    # of the budget (`env_switch`: new rollout workers, the same learner), so the annealed end trains on whole stock
-    # episodes and the car learns to start again after a halt. The 120 + 45-minute resume of docs/RESULTS.md in one run.
-    "ppo_two_phase": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
-                            ("ppo.lr_horizon=budget", "env_switch.at_budget=0.75",
-                             "env_switch.env.standstill_frames=0")),
+    # `ppo_budget_lr` in two phases (the standstill rule off for the last quarter of the budget, by `env_switch`) with
+    # the skip penalty from the start: tune_configs/ppo_two_phase.yaml, the long-budget recipe users run. Its runs
+    # before that file existed passed `--set total_env_steps=5000000 --set env.skip_penalty=-20` (the same config).
+    "ppo_two_phase": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml", "tune_configs/ppo_two_phase.yaml")),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)

@@ -356,3 +356,6 @@ def test_every_recipe_is_a_valid_config():
     config = load_config([str(bench.REPO / c) for c in two_phase.configs], list(two_phase.overrides))
     assert (config.env_switch.at_budget, config.env_switch.switched(config.env).standstill_frames) == (0.75, 0)
     assert config.env.standstill_frames > 0  # on until the switch
+    # The file users layer is the measured recipe: lr to 0 over the budget, the skip penalty, no periodic eval.
+    assert (config.ppo.lr_horizon, config.env.skip_penalty, config.eval.every_env_steps) == ("budget", -20.0, 0)
+    assert (config.max_minutes, config.run_dir) == (120.0, "runs/ppo_two_phase")
