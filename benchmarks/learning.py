@@ -121,7 +121,7 @@ RECIPES: dict[str, Recipe] = {
     # `ppo_budget_lr` in two phases (the standstill rule off for the last quarter of the budget, by `env_switch`) with
     # the skip penalty from the start: tune_configs/ppo_two_phase.yaml, the long-budget recipe users run. Its runs
     # before that file existed passed `--set total_env_steps=5000000 --set env.skip_penalty=-20` (the same config).
-    "ppo_two_phase": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml", "tune_configs/ppo_two_phase.yaml")),
+    "ppo_two_phase": Recipe(("tune_configs/ppo_two_phase.yaml",)),  # extends ppo.yaml and cpu.yaml
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distracer import recipes
 from distracer.config import load_config, read_yaml
 from distracer.errors import ConfigError
 from distracer.tuning import load_search
@@ -14,7 +15,20 @@ from distracer.tuning import load_search
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(REPO.glob("tune_configs/*.yaml"))
 ALGOS = ["sac_drq", "ppo", "dqn"]
-PRESETS = sorted(p.stem for p in CONFIGS if p.stem not in ALGOS and not p.stem.startswith("search_"))
+PRESETS = sorted(recipes.PRESETS)
+
+
+def test_every_config_file_has_a_role():
+    """Each file in tune_configs/ is an algorithm, a resources preset (`--preset`), a Tune search, or a whole
+    recipe extending an algorithm and a preset (`-c`), so a new preset cannot be forgotten in PRESETS."""
+    whole = {"ppo_two_phase": ["ppo.yaml", "cpu.yaml"]}
+    roles = set(ALGOS) | set(recipes.PRESETS) | set(whole)
+    assert [p.name for p in CONFIGS if p.stem not in roles and not p.stem.startswith("search_")] == []
+    for name, parents in whole.items():  # also what `make train ALGO=ppo PRESET=cpu ARGS="-c FILE"` loads
+        assert yaml.safe_load((REPO / f"tune_configs/{name}.yaml").read_text())["extends"] == parents
+        alone = load_config(str(REPO / f"tune_configs/{name}.yaml"))
+        layered = load_config([str(REPO / f"tune_configs/{f}") for f in (*parents, f"{name}.yaml")])
+        assert alone.to_dict() == layered.to_dict()
 
 
 def test_configs_found():
