@@ -359,3 +359,6 @@ def test_every_recipe_is_a_valid_config():
     # The file users layer is the measured recipe: lr to 0 over the budget, the skip penalty, no periodic eval.
     assert (config.ppo.lr_horizon, config.env.skip_penalty, config.eval.every_env_steps) == ("budget", -20.0, 0)
     assert (config.max_minutes, config.run_dir) == (120.0, "runs/ppo_two_phase")
+    # Every 15-minute snapshot of the budget survives pruning: no step checkpoints counting against `keep`.
+    ckpt = config.checkpoint
+    assert ckpt.every_env_steps > config.total_env_steps and ckpt.keep * ckpt.every_minutes >= config.max_minutes
