@@ -349,11 +349,9 @@ def test_eval_only_reuses_scores_of_the_same_snapshots_and_seeds(tmp_path):
 def test_every_recipe_is_a_valid_config():
     from distracer.config import load_config
 
-    for recipe in bench.RECIPES.values():
-        if not recipe.peer:
-            load_config([str(bench.REPO / c) for c in recipe.configs], list(recipe.overrides))  # ConfigError if not
-    two_phase = bench.RECIPES["ppo_two_phase"]
-    config = load_config([str(bench.REPO / c) for c in two_phase.configs], list(two_phase.overrides))
+    configs = {name: load_config([str(bench.REPO / c) for c in recipe.configs], list(recipe.overrides))
+               for name, recipe in bench.RECIPES.items() if not recipe.peer}  # ConfigError if one is not valid
+    config = configs["ppo_two_phase"]
     assert (config.env_switch.at_budget, config.env_switch.switched(config.env).standstill_frames) == (0.75, 0)
     assert config.env.standstill_frames > 0  # on until the switch
     # The file users layer is the measured recipe: lr to 0 over the budget, the skip penalty, no periodic eval.
