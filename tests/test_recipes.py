@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from distracer.config import load_config
@@ -79,3 +81,26 @@ def test_terminal_gets_one_tqdm_bar_and_files_get_plain_lines(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "distracer: checkpoint x" in out
     assert f"[sac_drq] 4,096/{config.total_env_steps:,} steps |" in out and "replay 50%" in out
+
+
+def test_eta_is_the_time_budget_when_that_ends_the_run_first(tmp_path, capsys):
+    # 4,096 steps in 20 s toward 1M steps is ~81 minutes; a budget with 10 minutes left ends the run first.
+    from types import SimpleNamespace
+
+    config = load_config([])
+    counters = SimpleNamespace(env_steps=5096, num_updates=11, last_eval=float("nan"))
+    plain = RunLogger(tmp_path / "a", config, progress_every_s=0, start_steps=1000, start_updates=10, bar=False)
+    plain.start -= 20
+    plain.samples[0] = (plain.start, 1000, 10)
+    plain.progress(counters, {}, None, time_left_s=600.0)
+    plain.last_progress = 0.0
+    plain.progress(counters, {}, None)  # no time budget: the steps decide
+    plain.close()
+    bar = RunLogger(tmp_path / "b", config, progress_every_s=0, bar=True)
+    bar.samples[0] = (bar.start - 20, 0, 0)
+    bar.progress(SimpleNamespace(env_steps=4096, num_updates=1, last_eval=float("nan")), {}, None, time_left_s=90.0)
+    assert bar.bar.postfix.endswith("| ends in 1m30s (max_minutes)"), bar.bar.postfix
+    bar.close()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[sac_drq] ")]
+    assert lines[0].endswith("| ETA 10m00s (max_minutes)"), lines
+    assert re.search(r"\| ETA 1h2[01]m$", lines[1]), lines  # (1M - 5,096) steps at 4,096 per 20 s

@@ -220,6 +220,11 @@ class Driver:
         minutes = self.config.max_minutes
         return (time.time() - self.start_time) / (minutes * 60) if minutes else 0.0
 
+    def time_left(self) -> float:
+        """Seconds of `max_minutes` left (inf without a time budget): the progress line's ETA."""
+        minutes = self.config.max_minutes
+        return max(0.0, (1.0 - self.budget_used()) * minutes * 60) if minutes else math.inf
+
     def budget_position(self) -> float:
         """How far the run is through its budget: the further along of `budget_used()` and env steps /
         `total_env_steps` (1 or more once it is spent); what `env_switch.at_budget` is measured in."""
@@ -256,7 +261,7 @@ class Driver:
             while c.next_checkpoint <= c.env_steps:  # before saving: a resume must not save this step again
                 c.next_checkpoint += self.config.checkpoint.every_env_steps
             self._save()
-        self.logger.progress(c, self.last_metrics, self._replay_fill())
+        self.logger.progress(c, self.last_metrics, self._replay_fill(), self.time_left())
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:

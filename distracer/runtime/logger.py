@@ -68,7 +68,11 @@ class RunLogger:
         self.metrics_file.flush()
         self.info(f"distracer: eval at {step:,} env steps: {result.summary()}")
 
-    def progress(self, counters: Any, learner_metrics: dict[str, float], replay_fill: float | None) -> None:
+    def progress(self, counters: Any, learner_metrics: dict[str, float], replay_fill: float | None,
+                 time_left_s: float = math.inf) -> None:
+        """One progress line (or the tqdm bar) every `progress_every_s`. `time_left_s`: seconds of `max_minutes`
+        left (inf without a time budget); the ETA is whichever of it and the steps left at the current rate ends
+        first, so a run with a wall-clock budget is not promised hours it will never get."""
         now = time.time()
         if now - self.last_progress < self.progress_every_s:
             return
@@ -80,17 +84,21 @@ class RunLogger:
             self.writer.add_scalar("system/replay_fill", replay_fill, step)
         for name, value in learner_metrics.items():
             self.writer.add_scalar(f"learner/{name}", value, step)
-        remaining = (self.config.total_env_steps - step) / steps_s if steps_s > 0 else float("inf")
+        remaining = (self.config.total_env_steps - step) / steps_s if steps_s > 0 else math.inf
+        # tqdm's own estimate counts toward total_env_steps only: say when the time budget ends the run first.
+        by_time = time_left_s < remaining
+        eta = f"{_fmt_duration(min(remaining, time_left_s))}{' (max_minutes)' if by_time else ''}"
         fill = f" | replay {100 * replay_fill:.0f}%" if replay_fill is not None else ""
         last_eval = f"{counters.last_eval:.1f}" if math.isfinite(counters.last_eval) else "-"
         digits = 1 if updates_s >= 1 else 3  # PPO makes one update per rollout: 0.0 would hide it
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix_str(f"{updates_s:.{digits}f} upd/s{fill} | eval {last_eval}", refresh=True)
+            ends = f" | ends in {eta}" if by_time else ""
+            self.bar.set_postfix_str(f"{updates_s:.{digits}f} upd/s{fill} | eval {last_eval}{ends}", refresh=True)
             self.last_progress = now
             return
         line = (f"[{self.config.algo}] {step:,}/{self.config.total_env_steps:,} steps | {steps_s:.0f} steps/s | "
-                f"{updates_s:.{digits}f} upd/s{fill} | eval {last_eval} | ETA {_fmt_duration(remaining)}")
+                f"{updates_s:.{digits}f} upd/s{fill} | eval {last_eval} | ETA {eta}")
         print(line, file=sys.stdout, flush=True)
         self.last_progress = now
 
