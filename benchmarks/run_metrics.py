@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-WANTED = ("system/env_steps_per_s", "system/updates_per_s", "train/episode_return", "train/episode_length",
+WANTED = ("system/env_steps_per_s", "system/updates_per_s",
+          # Fractions of wall-clock the learner updated / the workers collected; the rest is time waiting.
+          "system/learner_busy", "system/workers_busy", "train/episode_return", "train/episode_length",
           "learner/approx_kl",
           "learner/clip_fraction", "learner/std", "learner/entropy", "learner/explained_variance",
           "learner/learning_rate", "learner/lr",  # learner/lr: the name in runs recorded before the rename

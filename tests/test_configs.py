@@ -8,13 +8,13 @@ import pytest
 import yaml
 
 from distracer import recipes
+from distracer.algos import ALGOS
 from distracer.config import load_config, read_yaml
 from distracer.errors import ConfigError
 from distracer.tuning import load_search
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(REPO.glob("tune_configs/*.yaml"))
-ALGOS = ["sac_drq", "ppo", "dqn"]
 PRESETS = sorted(recipes.PRESETS)
 
 

@@ -293,6 +293,6 @@ def test_train_run_writes_tensorboard_progress_and_evaluates(ray_local, tmp_path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
-    assert {"eval/return_mean", "system/env_steps_per_s"} <= set(tags)
+    assert {"eval/return_mean", "system/env_steps_per_s", "system/learner_busy", "system/workers_busy"} <= set(tags)
     report = evaluate_checkpoint(tmp_path / "run", episodes=1, max_steps=5, log=lambda _: None)
     assert report["algo"] == "dqn" and report["checkpoint_info"]["env_steps"] >= 96

@@ -9,7 +9,7 @@ import pytest
 from distracer.config import load_config
 from distracer.errors import ConfigError
 from distracer.recipes import PRESETS, choose_recipe, config_dir
-from distracer.runtime.logger import RATE_WINDOW_S, RunLogger
+from distracer.runtime.logger import RATE_WINDOW_S, BusyMeter, RunLogger
 
 
 def test_auto_picks_ppo_on_cpu_and_sac_drq_on_a_gpu():
@@ -104,3 +104,17 @@ def test_eta_is_the_time_budget_when_that_ends_the_run_first(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[sac_drq] ")]
     assert lines[0].endswith("| ETA 10m00s (max_minutes)"), lines
     assert re.search(r"\| ETA 1h2[01]m$", lines[1]), lines  # (1M - 5,096) steps at 4,096 per 20 s
+
+
+def test_busy_fractions_count_collect_and_update_seconds_and_survive_a_learner_restart():
+    meter = BusyMeter(num_workers=2, window_s=60)
+    t0 = meter.window_start
+    meter.learner_total_now(12.0)   # a fresh learner actor: all of it is this run's
+    meter.add_collect(30.0)
+    meter.add_collect(54.0)
+    assert meter.fractions(t0 + 30) is None  # the window is not full yet
+    meter.learner_total_now(30.0)   # +18
+    meter.learner_total_now(6.0)    # a restarted actor counts from 0 again: +6
+    assert meter.fractions(t0 + 60) == pytest.approx({"learner_busy": 36 / 60, "workers_busy": 84 / 120})
+    meter.add_collect(500.0)        # never above 1 (a call that began before the window)
+    assert meter.fractions(t0 + 70, force=True) == pytest.approx({"learner_busy": 0.0, "workers_busy": 1.0})

@@ -243,8 +243,11 @@ ALGO_RUNS = {
     "dqn": ["algo=dqn", "env.action_space=discrete", "dqn.batch_size=16", "dqn.learning_starts=64",
             "dqn.replay_ratio=0.5", "dqn.exploration_horizon=1000",
             "tune.search_space.dqn.learning_rate={type: loguniform, lower: 1.0e-5, upper: 1.0e-3}"],
+    # PPO also switches its training env halfway (env_switch: new rollout workers inside the trial's placement
+    # group), as tune_configs/ppo_two_phase.yaml does.
     "ppo": ["algo=ppo", "ppo.num_steps=32", "ppo.n_epochs=2", "ppo.minibatch_size=32", "resources.num_workers=2",
-            "tune.search_space.ppo.learning_rate={type: choice, values: [1.0e-4, 3.0e-4]}"],
+            "tune.search_space.ppo.learning_rate={type: choice, values: [1.0e-4, 3.0e-4]}",
+            "env_switch.at_budget=0.5", "env_switch.env.skip_penalty=-5.0"],
 }
 
 
@@ -258,3 +261,4 @@ def test_search_runs_each_algorithm(ray_local, tmp_path, algo):
     assert summary["errors"] == [] and summary["num_trials"] == 1
     ckpt = load_checkpoint(summary["best"]["checkpoint"])
     assert ckpt.state["algo"] == algo and ckpt.state["counters"]["env_steps"] >= 192
+    assert ckpt.state["config"]["env"]["skip_penalty"] == (-5.0 if algo == "ppo" else 0.0)  # switched (PPO)

@@ -37,7 +37,7 @@ from distracer.envs import env_spaces
 from distracer.errors import ConfigError
 from distracer.evaluate import EvalResult, evaluate_policy
 from distracer.runtime.actors import RunActors, actor_resources, bundle_layout
-from distracer.runtime.logger import RunLogger
+from distracer.runtime.logger import BusyMeter, RunLogger
 from distracer.runtime.off_policy import OffPolicyLoop
 from distracer.runtime.on_policy import OnPolicyLoop
 from distracer.runtime.ray_setup import check_fit, init_ray, joins_cluster, learner_gpus
@@ -163,6 +163,7 @@ class Driver:
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
         self.logger = RunLogger(self.run_dir, cfg, start_steps=self.counters.env_steps,
                                 start_updates=self.counters.num_updates)
+        self.busy = BusyMeter(cfg.resources.num_workers)
         self._set_aside_newer_checkpoints()
         if self.switched:
             self.logger.info(f"distracer: resumed past its env switch: the rollout workers train with "
@@ -198,6 +199,7 @@ class Driver:
     def record_updates(self, metrics: dict[str, float]) -> None:
         """Take the learner's counter and newest metrics from the result of a train call."""
         self.counters.num_updates = int(metrics.pop("num_updates"))
+        self.busy.learner_total_now(metrics.pop("update_seconds"))
         self.last_metrics = metrics
 
     def count(self, stats: CollectStats) -> None:
@@ -205,6 +207,7 @@ class Driver:
         c = self.counters
         c.env_steps += stats.env_steps
         c.episodes += len(stats.episode_returns)
+        self.busy.add_collect(stats.seconds)
         for ret, length in zip(stats.episode_returns, stats.episode_lengths):
             c.recent_returns = (c.recent_returns + [ret])[-20:]
             self.logger.episode(ret, length, c.env_steps)
@@ -262,6 +265,7 @@ class Driver:
                 c.next_checkpoint += self.config.checkpoint.every_env_steps
             self._save()
         self.logger.progress(c, self.last_metrics, self._replay_fill(), self.time_left())
+        self.logger.busy(self.busy, c.env_steps)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:
@@ -280,6 +284,7 @@ class Driver:
             self._train()
             # Training time ends here; the closing evaluation is not part of it (benchmarks plot against it).
             self.training_ended_at = time.time()
+            self.logger.busy(self.busy, self.counters.env_steps, force=True)
             try:
                 self._finish_eval(block=True)
                 self._evaluate_now_if_needed()

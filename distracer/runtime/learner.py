@@ -90,6 +90,7 @@ class LearnerActor:
                 sums[k] = sums.get(k, 0.0) + float(v)
         out = {k: v / max(1, num_updates) for k, v in sums.items()}
         out["num_updates"] = self.learner.num_updates
+        out["update_seconds"] = self.update_seconds
         return out
 
     def timing(self) -> dict[str, float]:
@@ -107,6 +108,7 @@ class LearnerActor:
         self.update_seconds += time.perf_counter() - t0
         out = {k: float(v) for k, v in metrics.items()}
         out["num_updates"] = self.learner.num_updates
+        out["update_seconds"] = self.update_seconds
         return out
 
     # ----- checkpointing -----

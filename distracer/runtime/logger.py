@@ -22,6 +22,39 @@ def _fmt_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+class BusyMeter:
+    """How much of the wall-clock the learner spent updating and the rollout workers collecting: the rest of
+    each is time waiting (for rollouts, for the update, for replay batches). Fractions in [0, 1] per part
+    (workers averaged over `num_workers`), over windows of at least `window_s` seconds."""
+
+    def __init__(self, num_workers: int, window_s: float = RATE_WINDOW_S):
+        self.num_workers = num_workers
+        self.window_s = window_s
+        self.window_start = time.time()
+        self.learner_s = 0.0  # in this window
+        self.workers_s = 0.0
+        self.learner_total = 0.0  # the learner actor's own running total, last seen (a new actor starts at 0)
+
+    def add_collect(self, seconds: float) -> None:
+        """A worker's collect call took `seconds` (CollectStats.seconds)."""
+        self.workers_s += seconds
+
+    def learner_total_now(self, total: float) -> None:
+        """The learner actor's running total of update seconds; a restarted actor counts again from 0."""
+        self.learner_s += total - self.learner_total if total >= self.learner_total else total
+        self.learner_total = total
+
+    def fractions(self, now: float, force: bool = False) -> dict[str, float] | None:
+        """{'learner_busy', 'workers_busy'} once `window_s` has passed (or `force`, at the end); else None."""
+        elapsed = now - self.window_start
+        if elapsed <= 0 or (elapsed < self.window_s and not force):
+            return None
+        out = {"learner_busy": min(1.0, self.learner_s / elapsed),
+               "workers_busy": min(1.0, self.workers_s / (elapsed * self.num_workers))}
+        self.window_start, self.learner_s, self.workers_s = now, 0.0, 0.0
+        return out
+
+
 class RunLogger:
     """Writes `tb/` (TensorBoard), `metrics.jsonl` (evaluations, for `distracer plot`) and the console line."""
 
@@ -101,6 +134,12 @@ class RunLogger:
                 f"{updates_s:.{digits}f} upd/s{fill} | eval {last_eval} | ETA {eta}")
         print(line, file=sys.stdout, flush=True)
         self.last_progress = now
+
+    def busy(self, meter: BusyMeter, step: int, force: bool = False) -> None:
+        """`system/learner_busy` and `system/workers_busy` (see BusyMeter) once a window is full."""
+        fractions = meter.fractions(time.time(), force)
+        for name, value in (fractions or {}).items():
+            self.writer.add_scalar(f"system/{name}", value, step)
 
     def restart_rates(self, steps: int, updates: int) -> None:
         """Count rates afresh from here: after a recovery the counters step back to a checkpoint's."""

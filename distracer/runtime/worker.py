@@ -7,6 +7,7 @@ returns). On-policy (PPO), it returns a fixed-length rollout as an object ref th
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ class CollectStats:
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
     weights_version: int = -1
+    seconds: float = 0.0
+    """Wall-clock seconds the call took inside the worker (the rest of the run it waited): system/workers_busy."""
 
 
 def env_seed(config: TrainConfig, worker_index: int, env_index: int, salt: int = 0) -> int:
@@ -114,6 +117,7 @@ class RolloutWorker:
         epsilon: float | None = None,
     ) -> CollectStats:
         """Step every env `num_steps` times, pushing one fragment per env to the shard."""
+        started = time.perf_counter()
         if weights is not None:
             self.set_weights(weights)
         if self.policy is None and not random_actions:
@@ -125,6 +129,7 @@ class RolloutWorker:
             for j, step in enumerate(step_envs(self.envs, self._choose_actions(random_actions))):
                 self._record(j, step, stats)
         self._push_fragments()
+        stats.seconds = time.perf_counter() - started
         return stats
 
     def _choose_actions(self, random_actions: bool) -> np.ndarray:
@@ -169,6 +174,7 @@ class RolloutWorker:
         """A fixed-length on-policy rollout with exactly the given weights (synchronous PPO)."""
         from distracer.algos.ppo import collect_rollout
 
+        started = time.perf_counter()
         self.set_weights(weights)
         rollout, self.ppo_state = collect_rollout(self.envs, self.policy, num_steps, self.ppo_state,
                                                   policy_version=self.weights_version,
@@ -177,6 +183,7 @@ class RolloutWorker:
         for ret, length in rollout_episodes(rollout):
             stats.episode_returns.append(ret)
             stats.episode_lengths.append(length)
+        stats.seconds = time.perf_counter() - started
         return rollout, stats
 
 
