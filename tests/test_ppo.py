@@ -344,10 +344,20 @@ def test_gsde_noise_is_latent_times_a_matrix_held_for_sde_sample_freq_steps():
     assert draws == [2]
 
 
-def test_default_policy_starts_with_a_small_bounded_exploration():
+def _shipped_ppo() -> PPOConfig:
+    from distracer.config import load_config
+    from distracer.recipes import config_dir
+
+    return load_config([str(config_dir() / "ppo.yaml"), str(config_dir() / "cpu.yaml")]).algo_config
+
+
+@pytest.mark.parametrize("which", ["dataclass default", "ppo.yaml + cpu.yaml"])
+def test_default_policy_starts_with_a_small_bounded_exploration(which):
     # std 1 on [-1, 1] controls clips a third of samples and brakes hard one step in six (issue 9); the
-    # default starts near exp(-2) per latent unit, so nearly all exploring actions stay inside the bounds.
-    learner = PPOLearner(PPOConfig(num_envs=4, total_updates=10), (2, 64, 64), SPECS["continuous"], CPU, seed=0)
+    # defaults start near exp(-2) (the dataclass) or exp(-1.5) (what `make train` runs) per latent unit, so
+    # nearly all exploring actions stay inside the bounds.
+    config = PPOConfig(num_envs=4, total_updates=10) if which == "dataclass default" else _shipped_ppo()
+    learner = PPOLearner(config, (2, 64, 64), SPECS["continuous"], CPU, seed=0)
     obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (256, 2, 64, 64), dtype=np.uint8))
     _, extras = learner.policy.act(obs, explore=True)
     raw = extras["raw_action"]
