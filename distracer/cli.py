@@ -44,10 +44,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         for note in notes:
             print(note, flush=True)
     summary = train(config, resume=resume)
-    print(f"distracer: done: {summary['env_steps']:,} env steps, {summary['num_updates']:,} updates, "
-          f"eval {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}; "
-          f"checkpoint {summary.get('checkpoint')}")
+    for line in done_lines(summary):
+        print(line)
     return 0
+
+
+def done_lines(summary: dict) -> list[str]:
+    """What `distracer train` prints at the end: the final checkpoint and, when an earlier evaluation scored
+    higher, the best one (run_dir/best), since the last weights of a run are not always its best."""
+    lines = [f"distracer: done: {summary['env_steps']:,} env steps, {summary['num_updates']:,} updates, "
+             f"eval {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}; "
+             f"checkpoint {summary.get('checkpoint')}"]
+    best, best_eval = summary.get("best_checkpoint"), summary.get("best_eval_return", float("nan"))
+    if best and best_eval > summary["eval_return_mean"]:
+        lines.append(f"distracer: the best evaluation was earlier, {best_eval:.1f}: {best} (score it on 100 "
+                     f"unseen episodes: distracer evaluate --checkpoint {best} --episodes 100)")
+    return lines
 
 
 def cmd_check(args: argparse.Namespace) -> int:

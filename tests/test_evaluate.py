@@ -296,3 +296,15 @@ def test_train_run_writes_tensorboard_progress_and_evaluates(ray_local, tmp_path
     assert {"eval/return_mean", "system/env_steps_per_s", "system/learner_busy", "system/workers_busy"} <= set(tags)
     report = evaluate_checkpoint(tmp_path / "run", episodes=1, max_steps=5, log=lambda _: None)
     assert report["algo"] == "dqn" and report["checkpoint_info"]["env_steps"] >= 96
+
+
+def test_train_names_the_best_checkpoint_when_an_earlier_evaluation_beat_the_last():
+    from distracer.cli import done_lines
+
+    summary = {"env_steps": 1000, "num_updates": 5, "eval_return_mean": 593.7, "eval_return_std": 279.6,
+               "best_eval_return": 906.9, "checkpoint": "r/checkpoints/ckpt_2", "best_checkpoint": "r/best/ckpt_1"}
+    final, best = done_lines(summary)
+    assert final.startswith("distracer: done: 1,000 env steps") and final.endswith("checkpoint r/checkpoints/ckpt_2")
+    assert "906.9: r/best/ckpt_1" in best and "--checkpoint r/best/ckpt_1 --episodes 100" in best
+    assert len(done_lines({**summary, "best_eval_return": 593.7})) == 1  # the last was the best
+    assert len(done_lines({k: v for k, v in summary.items() if k != "best_checkpoint"})) == 1
