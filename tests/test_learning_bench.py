@@ -354,8 +354,12 @@ def test_every_recipe_is_a_valid_config():
     config = configs["ppo_two_phase"]
     assert (config.env_switch.at_budget, config.env_switch.switched(config.env).standstill_frames) == (0.75, 0)
     assert config.env.standstill_frames > 0  # on until the switch
-    # The file users layer is the measured recipe: lr to 0 over the budget, the skip penalty, no periodic eval.
-    assert (config.ppo.lr_horizon, config.env.skip_penalty, config.eval.every_env_steps) == ("budget", -20.0, 0)
+    # The file users layer is the measured recipe: lr to 0 over the budget, the skip penalty, and (as on seed 3)
+    # 10-episode evaluations every 200k agent steps keeping best/; learning.py's own runs turn those off.
+    assert (config.ppo.lr_horizon, config.env.skip_penalty) == ("budget", -20.0)
+    assert (config.eval.every_env_steps, config.eval.episodes, config.checkpoint.keep_best) == (200_000, 10, True)
+    command = bench.distracer_command(bench.RECIPES["ppo_two_phase"], 3, Path("/o"), 120.0, 15.0)
+    assert "eval.every_env_steps=0" in command
     assert (config.max_minutes, config.run_dir) == (120.0, "runs/ppo_two_phase")
     # Every 15-minute snapshot of the budget survives pruning: no step checkpoints counting against `keep`.
     ckpt = config.checkpoint
