@@ -25,7 +25,8 @@ def _fmt_duration(seconds: float) -> str:
 class BusyMeter:
     """How much of the wall-clock the learner spent updating and the rollout workers collecting: the rest of
     each is time waiting (for rollouts, for the update, for replay batches). Fractions in [0, 1] per part
-    (workers averaged over `num_workers`), over windows of at least `window_s` seconds."""
+    (workers averaged over `num_workers`), over windows of at least `window_s` seconds. A call is counted in the
+    window it returns in, so one that straddles two windows can push a window past 1: capped at 1."""
 
     def __init__(self, num_workers: int, window_s: float = RATE_WINDOW_S):
         self.num_workers = num_workers
