@@ -345,10 +345,11 @@ def test_gsde_noise_is_latent_times_a_matrix_held_for_sde_sample_freq_steps():
 
 
 def _shipped_ppo() -> PPOConfig:
+    """PPO as `make train` runs it without a GPU (the recipe `--algo ppo --preset cpu` resolves to)."""
     from distracer.config import load_config
-    from distracer.recipes import config_dir
+    from distracer.recipes import choose_recipe
 
-    return load_config([str(config_dir() / "ppo.yaml"), str(config_dir() / "cpu.yaml")]).algo_config
+    return load_config(choose_recipe("ppo", "cpu", cuda=False).config_files()).algo_config
 
 
 @pytest.mark.parametrize("which", ["dataclass default", "ppo.yaml + cpu.yaml"])
