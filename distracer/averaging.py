@@ -1,0 +1,107 @@
+"""`distracer average`: one checkpoint whose networks are the mean of several checkpoints of one run.
+
+A PPO run's policy swings from snapshot to snapshot late in training (a track driven at one snapshot is lost at
+the next), so the last checkpoint, or the best of a few by a 10-episode score, is a lottery. The uniform average
+of the weights of the run's last snapshots is stochastic weight averaging over the tail of the run: Izmailov et
+al. 2018, "Averaging Weights Leads to Wider Optima and Better Generalization" (arXiv:1803.05407); for deep RL,
+Nikishin et al. 2018, "Improving Stability in Deep Reinforcement Learning with Weight Averaging". The mean is
+computed by `torch.optim.swa_utils.AveragedModel`, network by network (optimisers are not averaged).
+
+The result is a normal distracer checkpoint (atomic, with a manifest) that `distracer evaluate` and
+`distracer export` read. Everything but the networks (optimiser moments, counters, RNG, reward normaliser,
+config) is the newest input's, so a run resumed from it continues from the newest input with averaged weights;
+`state.json` lists the inputs under `averaged_from`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from distracer.checkpoint import learner_from_checkpoint, list_checkpoints, save_checkpoint
+from distracer.errors import ConfigError
+
+MIN_INPUTS = 2
+
+
+def checkpoints_to_average(paths: Sequence[str | Path], last: int | None) -> list[Path]:
+    """The checkpoint directories to average: `paths` as given, or with `last`, the newest `last` checkpoints
+    of the one run directory (or checkpoints/ directory) in `paths`.
+
+    Raises ConfigError for fewer than 2 inputs, or for `last` with more than one path or too few checkpoints.
+    """
+    if last is not None:
+        if len(paths) != 1:
+            raise ConfigError(f"--last takes one run directory, got {len(paths)} paths")
+        if last < MIN_INPUTS:
+            raise ConfigError(f"--last must be {MIN_INPUTS} or more, got {last}")
+        root = Path(paths[0])
+        root = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+        found = list_checkpoints(root)
+        if len(found) < last:
+            raise ConfigError(f"{str(root)!r} holds {len(found)} checkpoint(s); --last asks for {last}")
+        return found[-last:]
+    if len(paths) < MIN_INPUTS:
+        raise ConfigError(f"averaging needs {MIN_INPUTS} or more checkpoints, got {len(paths)}")
+    return [Path(p) for p in paths]
+
+
+def average_checkpoints(paths: Sequence[str | Path], out_root: str | Path) -> Path:
+    """Write the weight average of the checkpoints `paths` (directories of one run's algorithm and network
+    shapes) as a new checkpoint under `out_root`; returns its path (named after the newest input's env steps).
+
+    Each input is verified and loaded as `distracer evaluate` loads it (manifest, checksums, weights_only).
+    Raises ConfigError when an input is not a distracer checkpoint, or the inputs differ in algorithm or in
+    the shape of a network.
+    """
+    loaded = [learner_from_checkpoint(p) for p in paths]
+    loaded.sort(key=lambda item: item[2].state["counters"]["env_steps"])
+    base, config, newest = loaded[-1]
+    for learner, other, ckpt in loaded:
+        if other.algo != config.algo:
+            raise ConfigError(f"{str(ckpt.path)!r} is a {other.algo} checkpoint; {str(newest.path)!r} is "
+                              f"{config.algo}: only one run's checkpoints can be averaged")
+        _check_same_shapes(learner, base, ckpt.path, newest.path)
+    for name, module in base.modules().items():
+        if not isinstance(module, nn.Module):
+            continue  # optimisers keep the newest input's state
+        mean = AveragedModel(module)
+        for learner, _, _ in loaded:
+            mean.update_parameters(learner.modules()[name])
+        module.load_state_dict(mean.module.state_dict())
+    state = {k: v for k, v in newest.state.items() if k not in ("format", "version")}
+    state["averaged_from"] = [str(ckpt.path) for _, _, ckpt in loaded]
+    return save_checkpoint(out_root, base.state_dict(), state, int(state["counters"]["env_steps"]))
+
+
+def _check_same_shapes(learner, base, path: Path, base_path: Path) -> None:
+    for name, module in base.modules().items():
+        if not isinstance(module, nn.Module):
+            continue
+        mine = {k: tuple(v.shape) for k, v in learner.modules()[name].state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        if mine != theirs:
+            raise ConfigError(f"{str(path)!r} and {str(base_path)!r} have different {name} networks "
+                              "(another run's or another config's checkpoints cannot be averaged)")
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    paths = checkpoints_to_average(args.checkpoints, args.last)
+    written = average_checkpoints(paths, args.out)
+    print(f"distracer: averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {written}")
+    return 0
+
+
+def add_average_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("average", help="average the weights of a run's last checkpoints into one checkpoint")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="checkpoint directories of one run, or with --last one run directory")
+    p.add_argument("--last", type=int, default=None, metavar="N",
+                   help="average the newest N checkpoints of the run directory given")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="directory to write the averaged checkpoint into (ckpt_<env steps> inside it)")
+    p.set_defaults(func=cmd_average)
