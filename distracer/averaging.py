@@ -22,6 +22,7 @@ from pathlib import Path
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from distracer.algos.base import Learner
 from distracer.checkpoint import learner_from_checkpoint, list_checkpoints, save_checkpoint
 from distracer.errors import ConfigError
 
@@ -78,7 +79,9 @@ def average_checkpoints(paths: Sequence[str | Path], out_root: str | Path) -> Pa
     return save_checkpoint(out_root, base.state_dict(), state, int(state["counters"]["env_steps"]))
 
 
-def _check_same_shapes(learner, base, path: Path, base_path: Path) -> None:
+def _check_same_shapes(learner: Learner, base: Learner, path: Path, base_path: Path) -> None:
+    """ConfigError unless every network of `learner` has the shapes of `base`'s (AveragedModel would fail deep
+    inside torch)."""
     for name, module in base.modules().items():
         if not isinstance(module, nn.Module):
             continue
