@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from distracer.algos.base import Learner
-from distracer.checkpoint import learner_from_checkpoint, list_checkpoints, save_checkpoint
+from distracer.checkpoint import check_writable_dir, learner_from_checkpoint, list_checkpoints, save_checkpoint
 from distracer.errors import ConfigError
 
 MIN_INPUTS = 2
@@ -41,14 +41,29 @@ def checkpoints_to_average(paths: Sequence[str | Path], last: int | None) -> lis
         if last < MIN_INPUTS:
             raise ConfigError(f"--last must be {MIN_INPUTS} or more, got {last}")
         root = Path(paths[0])
+        if not root.is_dir():
+            raise ConfigError(f"--last: {str(root)!r} is not a directory (give a run directory)")
         root = root / "checkpoints" if (root / "checkpoints").is_dir() else root
         found = list_checkpoints(root)
         if len(found) < last:
-            raise ConfigError(f"{str(root)!r} holds {len(found)} checkpoint(s); --last asks for {last}")
+            raise ConfigError(f"{str(root)!r} holds {len(found)} checkpoint(s) named ckpt_*; --last asks for {last} "
+                              "(give a run directory, or name the checkpoints, e.g. a Tune trial's checkpoint_N)")
         return found[-last:]
     if len(paths) < MIN_INPUTS:
         raise ConfigError(f"averaging needs {MIN_INPUTS} or more checkpoints, got {len(paths)}")
     return [Path(p) for p in paths]
+
+
+def check_out_dir(out_root: str | Path, inputs: Sequence[Path]) -> Path:
+    """`out_root`, created and proven writable; ConfigError if it is a run's own directory (a run directory, or
+    the directory an input sits in), where the average would pass for the run's newest checkpoint in
+    `distracer evaluate` and `--resume auto`."""
+    out = Path(out_root)
+    parents = {Path(p).resolve().parent for p in inputs}
+    if (out / "checkpoints").is_dir() or out.resolve() in parents:
+        raise ConfigError(f"--out {str(out)!r} is a run's own directory: the average would pass for its newest "
+                          "checkpoint; write it elsewhere")
+    return check_writable_dir(out, "--out")
 
 
 def average_checkpoints(paths: Sequence[str | Path], out_root: str | Path) -> Path:
@@ -56,17 +71,24 @@ def average_checkpoints(paths: Sequence[str | Path], out_root: str | Path) -> Pa
     shapes) as a new checkpoint under `out_root`; returns its path (named after the newest input's env steps).
 
     Each input is verified and loaded as `distracer evaluate` loads it (manifest, checksums, weights_only).
-    Raises ConfigError when an input is not a distracer checkpoint, or the inputs differ in algorithm or in
-    the shape of a network.
+    Raises ConfigError when an input is not a distracer checkpoint or is given twice, the inputs differ in
+    algorithm, seed or the shape of a network (not one run's), or `out_root` is unwritable or a run's own
+    directory (see `check_out_dir`).
     """
     loaded = [learner_from_checkpoint(p) for p in paths]
+    seen = [ckpt.path.resolve() for _, _, ckpt in loaded]
+    if len(set(seen)) < len(seen):
+        twice = next(p for p in seen if seen.count(p) > 1)
+        raise ConfigError(f"{str(twice)!r} is given twice (a run directory stands for its newest checkpoint)")
     loaded.sort(key=lambda item: item[2].state["counters"]["env_steps"])
     base, config, newest = loaded[-1]
     for learner, other, ckpt in loaded:
-        if other.algo != config.algo:
-            raise ConfigError(f"{str(ckpt.path)!r} is a {other.algo} checkpoint; {str(newest.path)!r} is "
-                              f"{config.algo}: only one run's checkpoints can be averaged")
+        if (other.algo, other.seed) != (config.algo, config.seed):
+            raise ConfigError(f"{str(ckpt.path)!r} is a {other.algo} checkpoint of seed {other.seed}; "
+                              f"{str(newest.path)!r} is {config.algo}, seed {config.seed}: only one run's "
+                              "checkpoints can be averaged")
         _check_same_shapes(learner, base, ckpt.path, newest.path)
+    out_root = check_out_dir(out_root, seen)
     for name, module in base.modules().items():
         if not isinstance(module, nn.Module):
             continue  # optimisers keep the newest input's state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,25 @@ import torch
 from test_evaluate import make_checkpoint, run_cli
 
 from distracer.averaging import average_checkpoints, checkpoints_to_average
-from distracer.checkpoint import MANIFEST, STATE_FILE, learner_from_checkpoint, load_checkpoint
+from distracer.checkpoint import MANIFEST, STATE_FILE, learner_from_checkpoint, load_checkpoint, save_checkpoint
 from distracer.errors import ConfigError
 
 
 def three_checkpoints(root: Path, algo: str) -> list[Path]:
-    """Three checkpoints of one run directory whose weights differ (different init seeds), at steps 10-30."""
-    return [make_checkpoint(root, algo, step=10 * k, seed=k) for k in (1, 2, 3)]
+    """Three checkpoints of one run (seed 1) at steps 10-30 whose networks differ (noise added, as training would)."""
+    paths = []
+    for k in (1, 2, 3):
+        path = make_checkpoint(root, algo, step=10 * k)
+        ckpt = load_checkpoint(path)
+        noise = torch.Generator().manual_seed(k)
+        for state in ckpt.learner_state["modules"].values():
+            for value in state.values() if "param_groups" not in state else ():
+                if torch.is_floating_point(value):
+                    value.add_(0.01 * k * torch.randn(value.shape, generator=noise))
+        shutil.rmtree(path)
+        rest = {key: v for key, v in ckpt.state.items() if key not in ("format", "version")}
+        paths.append(save_checkpoint(root / "checkpoints", ckpt.learner_state, rest, 10 * k))
+    return paths
 
 
 @pytest.mark.parametrize("algo", ["ppo", "dqn", "sac_drq"])
@@ -72,8 +85,22 @@ def test_bad_inputs_are_one_line_before_anything_is_written(tmp_path):
         checkpoints_to_average([tmp_path / "ppo"], 4)
     with pytest.raises(ConfigError, match="--last must be 2 or more"):
         checkpoints_to_average([tmp_path / "ppo"], 1)
-    with pytest.raises(ConfigError, match="is a ppo checkpoint.*is dqn: only one run"):
+    other_seed = make_checkpoint(tmp_path / "seed2", "ppo", step=60, seed=2)
+    with pytest.raises(ConfigError, match="is a ppo checkpoint of seed 1.*is dqn, seed 1: only one run"):
         average_checkpoints([ppo[0], dqn], out)
+    with pytest.raises(ConfigError, match="seed 1.*seed 2: only one run"):
+        average_checkpoints([ppo[0], other_seed], out)
+    with pytest.raises(ConfigError, match="given twice"):
+        average_checkpoints([ppo[2], tmp_path / "ppo"], out)  # a run directory is its newest checkpoint
+    for run_own in (tmp_path / "ppo", tmp_path / "ppo" / "checkpoints"):
+        with pytest.raises(ConfigError, match="run's own directory"):
+            average_checkpoints(ppo[:2], run_own)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match="--out .* is not writable"):
+        average_checkpoints(ppo[:2], a_file / "sub")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        checkpoints_to_average([a_file], 2)
     with pytest.raises(ConfigError, match="different policy networks"):
         average_checkpoints([ppo[0], wide], out)
     (ppo[1] / MANIFEST).unlink()
