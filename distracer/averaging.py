@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from distracer.algos.base import Learner
-from distracer.checkpoint import check_writable_dir, learner_from_checkpoint, list_checkpoints, save_checkpoint
+from distracer.checkpoint import check_writable_dir, checkpoints_in, learner_from_checkpoint, save_checkpoint
 from distracer.errors import ConfigError
 
 MIN_INPUTS = 2
@@ -43,8 +43,7 @@ def checkpoints_to_average(paths: Sequence[str | Path], last: int | None) -> lis
         root = Path(paths[0])
         if not root.is_dir():
             raise ConfigError(f"--last: {str(root)!r} is not a directory (give a run directory)")
-        root = root / "checkpoints" if (root / "checkpoints").is_dir() else root
-        found = list_checkpoints(root)
+        found = checkpoints_in(root)
         if len(found) < last:
             raise ConfigError(f"{str(root)!r} holds {len(found)} checkpoint(s) named ckpt_*; --last asks for {last} "
                               "(give a run directory, or name the checkpoints, e.g. a Tune trial's checkpoint_N)")
@@ -89,24 +88,25 @@ def average_checkpoints(paths: Sequence[str | Path], out_root: str | Path) -> Pa
                               "checkpoints can be averaged")
         _check_same_shapes(learner, base, ckpt.path, newest.path)
     out_root = check_out_dir(out_root, seen)
-    for name, module in base.modules().items():
-        if not isinstance(module, nn.Module):
-            continue  # optimisers keep the newest input's state
+    for name, module in _networks(base).items():  # optimisers keep the newest input's state
         mean = AveragedModel(module)
         for learner, _, _ in loaded:
             mean.update_parameters(learner.modules()[name])
         module.load_state_dict(mean.module.state_dict())
-    state = {k: v for k, v in newest.state.items() if k not in ("format", "version")}
+    state = dict(newest.state)
     state["averaged_from"] = [str(ckpt.path) for _, _, ckpt in loaded]
     return save_checkpoint(out_root, base.state_dict(), state, int(state["counters"]["env_steps"]))
+
+
+def _networks(learner: Learner) -> dict[str, nn.Module]:
+    """The learner's networks: its checkpointed modules less the optimisers."""
+    return {name: m for name, m in learner.modules().items() if isinstance(m, nn.Module)}
 
 
 def _check_same_shapes(learner: Learner, base: Learner, path: Path, base_path: Path) -> None:
     """ConfigError unless every network of `learner` has the shapes of `base`'s (AveragedModel would fail deep
     inside torch)."""
-    for name, module in base.modules().items():
-        if not isinstance(module, nn.Module):
-            continue
+    for name, module in _networks(base).items():
         mine = {k: tuple(v.shape) for k, v in learner.modules()[name].state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         if mine != theirs:

@@ -84,7 +84,8 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         torch.save(learner_state, tmp / LEARNER_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, **state}, indent=1))
+        # The writer stamps its own format, also over a state read back from an older checkpoint.
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "format": FORMAT, "version": VERSION}, indent=1))
         if write_replay is not None:
             (tmp / "replay").mkdir()
             write_replay(tmp / "replay")
@@ -315,16 +316,23 @@ def _first_reason(exc: BaseException) -> str:
     return (refused or lines or ["no reason given"])[0][:240]
 
 
+def checkpoints_in(path: str | Path) -> list[Path]:
+    """The sealed checkpoints of a run dir or a checkpoints dir, oldest first ([] when it holds none)."""
+    path = Path(path)
+    for root in (path, path / "checkpoints"):
+        found = list_checkpoints(root)
+        if found:
+            return found
+    return []
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint dir as given, or the newest one inside a run dir / checkpoints dir."""
     path = Path(path)
     if (path / MANIFEST).exists() or not path.is_dir():
         return path
-    for root in (path, path / "checkpoints"):
-        found = list_checkpoints(root)
-        if found:
-            return found[-1]
-    return path
+    found = checkpoints_in(path)
+    return found[-1] if found else path
 
 
 # ----------------------------------------------------------------------------------------------------

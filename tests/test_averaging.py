@@ -27,8 +27,7 @@ def three_checkpoints(root: Path, algo: str) -> list[Path]:
                 if torch.is_floating_point(value):
                     value.add_(0.01 * k * torch.randn(value.shape, generator=noise))
         shutil.rmtree(path)
-        rest = {key: v for key, v in ckpt.state.items() if key not in ("format", "version")}
-        paths.append(save_checkpoint(root / "checkpoints", ckpt.learner_state, rest, 10 * k))
+        paths.append(save_checkpoint(root / "checkpoints", ckpt.learner_state, ckpt.state, 10 * k))
     return paths
 
 
