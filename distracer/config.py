@@ -441,6 +441,12 @@ def _file_layers(path: Path, seen: tuple[Path, ...]) -> list[tuple[dict[str, Any
     return [*layers, (current_names(data), blocks)]
 
 
+def _block_for(blocks: dict[str, dict[str, Any]], algo: Any) -> dict[str, Any]:
+    """`algo`'s `when_algo` block ({} for none). An algo that is not a string (`--set algo=[]`) has none; the
+    config's own check of `algo` then refuses it in one line."""
+    return blocks.get(algo, {}) if isinstance(algo, str) else {}
+
+
 def _merge_layers(layers: list[tuple[dict[str, Any], dict[str, dict[str, Any]]]], algo: str | None) -> dict[str, Any]:
     """Layers merged in order, each followed by its block for `algo`; with `algo` None the blocks are kept,
     merged, under `when_algo`."""
@@ -448,7 +454,7 @@ def _merge_layers(layers: list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]
     for settings, blocks in layers:
         data = deep_merge(data, settings)
         if algo is not None:
-            data = deep_merge(data, blocks.get(algo, {}))
+            data = deep_merge(data, _block_for(blocks, algo))
         elif blocks:
             data = deep_merge(data, {WHEN_ALGO: blocks})
     return data
@@ -540,7 +546,7 @@ def resolve_when_algo(data: dict[str, Any]) -> dict[str, Any]:
         return data
     data = dict(data)
     blocks = check_when_algo(data.pop(WHEN_ALGO, None))  # renamed, as the data are below: a block wins either way
-    return deep_merge(current_names(data), blocks.get(data.get("algo", TrainConfig.algo), {}))
+    return deep_merge(current_names(data), _block_for(blocks, data.get("algo", TrainConfig.algo)))
 
 
 def load_config(

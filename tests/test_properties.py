@@ -11,7 +11,7 @@ import typing
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from distracer.checkpoint import (
@@ -53,6 +53,8 @@ VALUES = st.one_of(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=4))
+@example(overrides=[("algo", "[]")])  # found by hypothesis: a list algo reached the when_algo lookup as a key
+@example(overrides=[("algo", "{a: 1}")])
 def test_any_override_gives_a_valid_config_or_one_config_error_line(overrides):
     items = [f"{key}={value}" for key, value in overrides]
     try:
@@ -62,6 +64,15 @@ def test_any_override_gives_a_valid_config_or_one_config_error_line(overrides):
         return
     config.validate()  # what loaded is valid
     json.dumps(config.to_dict(), default=str)
+
+
+@pytest.mark.parametrize("algo", [[], ["ppo"], {"a": 1}, 3])
+def test_a_saved_config_with_a_non_string_algo_is_one_config_error_line(algo):
+    """The dict path (a checkpoint's or a Tune trial's config) goes through the same when_algo lookup."""
+    from distracer.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="must be a string"):
+        config_from_dict({"algo": algo})
 
 
 # ----------------------------------------------------------------------------------------------------
