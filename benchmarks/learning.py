@@ -122,6 +122,11 @@ RECIPES: dict[str, Recipe] = {
     # the skip penalty from the start: tune_configs/ppo_two_phase.yaml, the long-budget recipe users run. Its runs
     # before that file existed passed `--set total_env_steps=5000000 --set env.skip_penalty=-20` (the same config).
     "ppo_two_phase": Recipe(("tune_configs/ppo_two_phase.yaml",)),  # extends ppo.yaml and cpu.yaml
+    # `ppo` with the standstill rule off for the last quarter of its budget (`env_switch`, as in ppo_two_phase): late in
+    # `ppo`'s runs the rule ended 17-30% of training episodes as the return fell (docs/RESULTS.md, seed 3), so does
+    # training on whole episodes at the end keep the peak? The budget is the further along of --minutes and 600k steps.
+    "ppo_late_whole": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
+                             ("env_switch.at_budget=0.75", "env_switch.env.standstill_frames=0")),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)
