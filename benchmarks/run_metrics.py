@@ -26,7 +26,9 @@ WANTED = ("system/env_steps_per_s", "system/updates_per_s",
           "learner/critic_loss", "learner/alpha", "learner/loss", "learner/epsilon", "learner/q_mean",
           # PPO: epochs run per update (of n_epochs) and whether target_kl stopped it; the learner's turn, so
           # with policy_lag 1 the run's pace once the learner is the slower side.
-          "learner/epochs", "learner/early_stopped")
+          "learner/epochs", "learner/early_stopped",
+          # Why training episodes ended (0/1 per episode, so a span's mean is the share; runs from 2026-12-05 on).
+          "train/ended_standstill", "train/ended_off_playfield", "train/ended_lap", "train/ended_no_progress")
 
 
 FULL_EPISODE_FRAMES = 1000
@@ -62,7 +64,7 @@ def summarise(scalars: dict[str, tuple[np.ndarray, np.ndarray]], points: int,
         for tag, (steps, values) in scalars.items():
             mask = (steps > lo) & (steps <= hi)
             row[tag.split("/", 1)[1]] = float(values[mask].mean()) if mask.any() else float("nan")
-            if tag == "train/episode_length":  # training episodes cut short: no progress, or off the playfield
+            if tag == "train/episode_length":  # shorter than the time limit, for any reason (train/ended_* say which)
                 row["ended_early"] = float((values[mask] < FULL_EPISODE_FRAMES).mean()) if mask.any() else float("nan")
         rows.append(row)
     return rows

@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 
 from distracer.envs import FAST_ID, STOCK_ID, EnvConfig, make_env  # noqa: E402
 from distracer.envs import fast_car_racing as fcr  # noqa: E402
+from distracer.envs.stepping import EPISODE_ENDS, EnvStep, episode_end, step_envs  # noqa: E402
 from distracer.envs.wrappers import (  # noqa: E402
     DISCRETE_ACTIONS,
     ActionRepeat,
@@ -619,3 +620,31 @@ def test_full_episodes_identical(seed, repeat):
     stock = rollout(make_env(EnvConfig(fast=False, action_repeat=repeat, **config)), seed, discrete)
     fast = rollout(make_env(EnvConfig(fast=True, action_repeat=repeat, **config)), seed, discrete)
     assert_identical(stock, fast)
+
+
+def _end_of_first_episode(env: gym.Env, action: np.ndarray, limit: int) -> EnvStep:
+    """Step one env with `action` through `step_envs` until its episode ends; that step."""
+    env.reset(seed=0)
+    for _ in range(limit):
+        (step,) = step_envs([env], np.asarray([action]))
+        if step.reset:
+            return step
+    raise AssertionError(f"no episode end within {limit} steps")
+
+
+def test_step_envs_names_why_each_real_episode_ended():
+    """train/ended_*: the standstill rule, leaving the playfield and the time limit, each on the real env
+    (through make_env's wrappers and action repeat); a finished lap from CarRacing's own info flag."""
+    halt = make_env(EnvConfig(action_repeat=2, frame_size=64, standstill_frames=100), training=True)
+    step = _end_of_first_episode(halt, np.array([0.0, -1.0], np.float32), 100)
+    assert step.end == "standstill" and step.episode[1] == 100
+    off = make_env(EnvConfig(action_repeat=4, frame_size=64))
+    step = _end_of_first_episode(off, OFF_MAP_STEER_ACCEL, OFF_MAP_MAX_FRAMES)
+    assert step.end == "off_playfield" and step.terminated
+    slow = make_env(raw_config(4, fast=True))
+    step = _end_of_first_episode(slow, np.array([0.3, 0.2], np.float32), 251)
+    assert step.end == "time_limit" and step.episode[1] == 1000
+    assert episode_end(True, False, {"lap_finished": True}) == "lap"
+    assert episode_end(True, False, {"no_progress": True}) == "no_progress"
+    assert episode_end(True, False, {}) == "other"
+    assert set(EPISODE_ENDS) >= {"standstill", "off_playfield", "time_limit", "lap", "no_progress", "other"}

@@ -24,6 +24,7 @@ from distracer.algos.ppo import (
     from_sb3_state_dict,
     to_sb3_state_dict,
 )
+from distracer.envs.stepping import EPISODE_ENDS
 from distracer.errors import ConfigError
 
 CPU = DeviceConfig("cpu")
@@ -125,6 +126,8 @@ def test_collect_rollout_truncation_bootstrap_and_episode_stats():
     np.testing.assert_array_equal(r.episode_returns, [3.0] * 4)
     np.testing.assert_array_equal(r.episode_lengths, [3] * 4)
     assert r.episodes == [(3.0, 3)] * 4
+    assert [EPISODE_ENDS[e] for e in r.episode_ends] == ["time_limit"] * 4  # train/ended_time_limit
+    assert concat_rollouts([r, r]).episode_ends.tolist() == r.episode_ends.tolist() * 2
     # Stored actions are the unclipped Gaussian sample; log-probs are of exactly those.
     head, _ = learner.policy(torch.as_tensor(r.obs[0]))
     logp, _ = learner.policy.log_prob_entropy(head, torch.as_tensor(r.actions[0]))

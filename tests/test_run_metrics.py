@@ -49,3 +49,17 @@ def test_reads_a_real_tensorboard_run_and_refuses_a_bad_until(tmp_path, capsys):
 @pytest.mark.parametrize("points", [0, -1])
 def test_bad_points_refused(tmp_path, capsys, points):
     assert run_metrics.main([str(tmp_path), "--points", str(points)]) == 2
+
+
+def test_shares_of_why_training_episodes_ended_from_the_run_logger(tmp_path, capsys):
+    """RunLogger writes one 0/1 scalar per reason for each episode; run_metrics averages them into shares."""
+    from distracer.config import load_config
+    from distracer.runtime.logger import RunLogger
+
+    logger = RunLogger(tmp_path, load_config([]), bar=False)
+    for step, end in ((100, "standstill"), (200, "time_limit"), (300, "off_playfield"), (400, "standstill")):
+        logger.episode(500.0, 1000 if end == "time_limit" else 300, end, step)
+    logger.close()
+    rows = run_metrics.summarise(run_metrics.load_scalars(tmp_path), points=1)
+    assert (rows[0]["ended_standstill"], rows[0]["ended_off_playfield"], rows[0]["ended_lap"]) == (0.5, 0.25, 0.0)
+    assert rows[0]["ended_early"] == 0.75

@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+EPISODE_ENDS = ("time_limit", "lap", "off_playfield", "standstill", "no_progress", "other")
+"""Why a training episode ended, as `episode_end` names it; an int8 code is its index here (PPO rollouts)."""
+
 
 @dataclass
 class EnvStep:
@@ -28,6 +31,8 @@ class EnvStep:
     """The observation the env is in now: `obs`, or the first of a new episode after the reset."""
     episode: tuple[float, int] | None = None
     """(return, length) of the episode that ended at this step, when the env records them."""
+    end: str | None = None
+    """Why the episode ended at this step (one of EPISODE_ENDS), else None."""
 
     @property
     def reset(self) -> bool:
@@ -42,6 +47,20 @@ def episode_stats(info: dict[str, Any]) -> tuple[float, int] | None:
     return float(np.asarray(episode["r"]).reshape(-1)[0]), int(np.asarray(episode["l"]).reshape(-1)[0])
 
 
+def episode_end(terminated: bool, truncated: bool, info: dict[str, Any]) -> str:
+    """Why an episode ended, from its last step: distracer's training-only rules first (their wrappers set
+    info["standstill"] / info["no_progress"]), then CarRacing's own ends (info["lap_finished"]: True for a lap
+    completed, False for leaving the playfield, -100), then the time limit (1000 frames). "other": a terminal
+    step none of these explain (another env)."""
+    if info.get("standstill"):
+        return "standstill"
+    if info.get("no_progress"):
+        return "no_progress"
+    if terminated and "lap_finished" in info:
+        return "lap" if info["lap_finished"] else "off_playfield"
+    return "time_limit" if truncated and not terminated else "other"
+
+
 def step_envs(envs: list[Any], actions: np.ndarray) -> list[EnvStep]:
     """Step env i with actions[i]; reset the envs whose episode ended. Returns one `EnvStep` per env."""
     out = []
@@ -50,6 +69,7 @@ def step_envs(envs: list[Any], actions: np.ndarray) -> list[EnvStep]:
         step = EnvStep(action, obs, float(reward), bool(terminated), bool(truncated), obs)
         if step.reset:
             step.episode = episode_stats(info)
+            step.end = episode_end(step.terminated, step.truncated, info)
             step.next_obs, _ = env.reset()
         out.append(step)
     return out

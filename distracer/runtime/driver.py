@@ -208,9 +208,9 @@ class Driver:
         c.env_steps += stats.env_steps
         c.episodes += len(stats.episode_returns)
         self.busy.add_collect(stats.seconds)
-        for ret, length in zip(stats.episode_returns, stats.episode_lengths):
+        for ret, length, end in zip(stats.episode_returns, stats.episode_lengths, stats.episode_ends):
             c.recent_returns = (c.recent_returns + [ret])[-20:]
-            self.logger.episode(ret, length, c.env_steps)
+            self.logger.episode(ret, length, end, c.env_steps)
 
     def _on_worker_death(self, index: int) -> None:
         self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distracer.config import TrainConfig
+from distracer.envs.stepping import EPISODE_ENDS
 
 RATE_WINDOW_S = 60.0
 
@@ -89,9 +90,13 @@ class RunLogger:
     def scalar(self, name: str, value: float, step: int) -> None:
         self.writer.add_scalar(name, value, step)
 
-    def episode(self, episode_return: float, length: int, step: int) -> None:
+    def episode(self, episode_return: float, length: int, end: str, step: int) -> None:
+        """A finished training episode: its stock return, length (frames) and why it ended, as one 0/1 scalar
+        per reason (train/ended_<reason>, `EPISODE_ENDS`), whose mean over a span is that reason's share."""
         self.writer.add_scalar("train/episode_return", episode_return, step)
         self.writer.add_scalar("train/episode_length", length, step)
+        for reason in EPISODE_ENDS:
+            self.writer.add_scalar(f"train/ended_{reason}", float(reason == end), step)
 
     def evaluation(self, result: Any, step: int) -> None:
         self.writer.add_scalar("eval/return_mean", result.mean, step)

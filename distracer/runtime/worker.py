@@ -20,7 +20,7 @@ from distracer.algos import ActionSpec, build_policy
 from distracer.algos.base import PolicyWeights
 from distracer.config import TrainConfig
 from distracer.envs import make_env
-from distracer.envs.stepping import EnvStep, step_envs
+from distracer.envs.stepping import EPISODE_ENDS, EnvStep, step_envs
 from distracer.replay.fragment import FragmentBuilder
 
 
@@ -37,9 +37,16 @@ class CollectStats:
     env_steps: int
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
+    episode_ends: list[str] = field(default_factory=list)
+    """Why each episode ended (`distracer.envs.stepping.EPISODE_ENDS`): train/ended_* in TensorBoard."""
     weights_version: int = -1
     seconds: float = 0.0
     """Wall-clock seconds the call took inside the worker (the rest of the run it waited): system/workers_busy."""
+
+    def add_episode(self, episode_return: float, length: int, end: str) -> None:
+        self.episode_returns.append(episode_return)
+        self.episode_lengths.append(length)
+        self.episode_ends.append(end)
 
 
 def env_seed(config: TrainConfig, worker_index: int, env_index: int, salt: int = 0) -> int:
@@ -145,8 +152,7 @@ class RolloutWorker:
                                   step.truncated)
         stats.env_steps += 1
         if step.episode is not None:
-            stats.episode_returns.append(step.episode[0])
-            stats.episode_lengths.append(step.episode[1])
+            stats.add_episode(*step.episode, step.end or "other")
         if step.reset:
             self.builders[j].add_reset(self.newest_frame(step.next_obs))
         self.obs[j] = step.next_obs
@@ -180,13 +186,13 @@ class RolloutWorker:
                                                   policy_version=self.weights_version,
                                                   sde_sample_freq=self.config.ppo.sde_sample_freq)
         stats = CollectStats(self.index, num_steps * len(self.envs), weights_version=self.weights_version)
-        for ret, length in rollout_episodes(rollout):
-            stats.episode_returns.append(ret)
-            stats.episode_lengths.append(length)
+        for ret, length, end in rollout_episodes(rollout):
+            stats.add_episode(ret, length, end)
         stats.seconds = time.perf_counter() - started
         return rollout, stats
 
 
-def rollout_episodes(rollout: Any) -> list[tuple[float, int]]:
-    """Finished episodes (reference return, length) that `collect_rollout` recorded."""
-    return [(float(r), int(length)) for r, length in zip(rollout.episode_returns, rollout.episode_lengths)]
+def rollout_episodes(rollout: Any) -> list[tuple[float, int, str]]:
+    """Finished episodes (reference return, length, why it ended) that `collect_rollout` recorded."""
+    return [(float(r), int(length), EPISODE_ENDS[int(end)])
+            for r, length, end in zip(rollout.episode_returns, rollout.episode_lengths, rollout.episode_ends)]

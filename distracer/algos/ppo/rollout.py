@@ -14,7 +14,7 @@ from distracer.algos.base import (
     ActionSpec,
 )
 from distracer.algos.ppo.policy import PPOPolicy
-from distracer.envs.stepping import EnvStep, step_envs
+from distracer.envs.stepping import EPISODE_ENDS, EnvStep, step_envs
 from distracer.errors import ConfigError
 
 
@@ -51,6 +51,8 @@ class Rollout:
     """float32 [E]: returns of the episodes that finished in this rollout (info["episode"]["r"])."""
     episode_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """int64 [E]: their lengths (info["episode"]["l"])."""
+    episode_ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    """int8 [E]: why each ended, as an index into `distracer.envs.stepping.EPISODE_ENDS`."""
     policy_version: int = -1
     """Weights version of the acting policy (-1 = unknown)."""
 
@@ -112,7 +114,7 @@ class Rollout:
         kwargs: dict[str, Any] = {}
         for f in fields(Rollout):
             values = [getattr(r, f.name) for r in rollouts]
-            if f.name in ("episode_returns", "episode_lengths", "next_value"):
+            if f.name in ("episode_returns", "episode_lengths", "episode_ends", "next_value"):
                 kwargs[f.name] = np.concatenate(values, axis=0)
             elif f.name == "policy_version":
                 kwargs[f.name] = min(values)
@@ -159,7 +161,8 @@ def collect_rollout(
     Pass the returned state to the next call (it is also updated in place; None on the first call resets
     every env). Envs are plain gymnasium envs returning uint8 channel-first obs; each is reset when its
     episode terminates or truncates. Finished episodes are reported from info["episode"]
-    (RecordEpisodeStatistics) when the env has it: `rollout.episode_returns/episode_lengths/episodes`.
+    (RecordEpisodeStatistics) when the env has it: `rollout.episode_returns/episode_lengths/episodes`, and why each
+    ended: `rollout.episode_ends`.
     """
     if num_steps < 1:
         raise ConfigError(f"num_steps={num_steps} must be >= 1")
@@ -168,7 +171,7 @@ def collect_rollout(
     device = next(policy.parameters()).device
     generator = _start(envs, policy, state, device)
     rollout = Rollout.empty(num_steps, n, policy, policy_version)
-    episodes: list[tuple[float, int]] = []
+    episodes: list[tuple[float, int, str]] = []
     obs = state.obs
     for t in range(num_steps):
         if t == 0 or (sde_sample_freq > 0 and t % sde_sample_freq == 0):
@@ -189,8 +192,9 @@ def collect_rollout(
     state.obs = obs
     state.steps += num_steps * n
     rollout.next_value = policy.predict_value(torch.as_tensor(obs, device=device)).cpu().numpy().astype(np.float32)
-    rollout.episode_returns = np.asarray([r for r, _ in episodes], np.float32)
-    rollout.episode_lengths = np.asarray([length for _, length in episodes], np.int64)
+    rollout.episode_returns = np.asarray([r for r, _, _ in episodes], np.float32)
+    rollout.episode_lengths = np.asarray([length for _, length, _ in episodes], np.int64)
+    rollout.episode_ends = np.asarray([EPISODE_ENDS.index(end) for _, _, end in episodes], np.int8)
     return rollout, state
 
 
@@ -214,14 +218,14 @@ def _start(envs: list[gym.Env], policy: PPOPolicy, state: RolloutState, device: 
 
 
 def _record(rollout: Rollout, t: int, i: int, step: EnvStep, next_obs: np.ndarray,
-            episodes: list[tuple[float, int]]) -> bool:
-    """Store env i's step t in `rollout` (its next observation into `next_obs[i]`, a finished episode into
-    `episodes`); True when the step cut the episode (truncated, not terminated), whose value must then be
-    bootstrapped from `step.obs`."""
+            episodes: list[tuple[float, int, str]]) -> bool:
+    """Store env i's step t in `rollout` (its next observation into `next_obs[i]`, a finished episode and why it
+    ended into `episodes`); True when the step cut the episode (truncated, not terminated), whose value must then
+    be bootstrapped from `step.obs`."""
     rollout.rewards[t, i] = step.reward
     rollout.terminated[t, i] = step.terminated
     rollout.truncated[t, i] = step.truncated and not step.terminated
     if step.episode is not None:
-        episodes.append(step.episode)
+        episodes.append((*step.episode, step.end or "other"))
     next_obs[i] = step.next_obs
     return bool(rollout.truncated[t, i])
