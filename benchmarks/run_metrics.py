@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distracer.envs.stepping import EPISODE_ENDS
+
 WANTED = ("system/env_steps_per_s", "system/updates_per_s",
           # Fractions of wall-clock the learner updated / the workers collected; the rest is time waiting.
           "system/learner_busy", "system/workers_busy", "train/episode_return", "train/episode_length",
@@ -28,7 +30,7 @@ WANTED = ("system/env_steps_per_s", "system/updates_per_s",
           # with policy_lag 1 the run's pace once the learner is the slower side.
           "learner/epochs", "learner/early_stopped",
           # Why training episodes ended (0/1 per episode, so a span's mean is the share; runs from 2026-12-05 on).
-          "train/ended_standstill", "train/ended_off_playfield", "train/ended_lap", "train/ended_no_progress")
+          *(f"train/ended_{reason}" for reason in EPISODE_ENDS))
 
 
 FULL_EPISODE_FRAMES = 1000
