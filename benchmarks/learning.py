@@ -127,6 +127,10 @@ RECIPES: dict[str, Recipe] = {
     # training on whole episodes at the end keep the peak? The budget is the further along of --minutes and 600k steps.
     "ppo_late_whole": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
                              ("env_switch.at_budget=0.75", "env_switch.env.standstill_frames=0")),
+    # `ppo` with rollouts of 256 steps per env (2,048 transitions) instead of 512: twice the updates per agent step.
+    # On 2 cores the worker sets the pace (learner busy 33-49% in `ppo`'s first half, docs/RESULTS.md) and most
+    # updates stop early at target_kl, so does updating twice as often learn more by 30 minutes?
+    "ppo_short_rollout": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.num_steps=256",)),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)
