@@ -131,6 +131,12 @@ RECIPES: dict[str, Recipe] = {
     # On 2 cores the worker sets the pace (learner busy 33-49% in `ppo`'s first half, docs/RESULTS.md) and most
     # updates stop early at target_kl, so does updating twice as often learn more by 30 minutes?
     "ppo_short_rollout": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.num_steps=256",)),
+    # `ppo` with independent Gaussian noise (std 0.135 per control) instead of gSDE: gSDE's action std is the
+    # policy latent's norm times exp(log_std), and in `ppo` the latent's norm grew 0.44 -> 0.95 over the schedule
+    # while PPO lowered log_std (0.21 -> 0.18): the std doubled (0.09 -> 0.18) against what the loss asked, as the
+    # score fell at the schedule's end (docs/RESULTS.md). Here PPO sets the std itself.
+    "ppo_gaussian": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
+                           ("ppo.use_sde=false", "ppo.log_std_init=-2.0")),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)
