@@ -137,6 +137,10 @@ RECIPES: dict[str, Recipe] = {
     # score fell at the schedule's end (docs/RESULTS.md). Here PPO sets the std itself.
     "ppo_gaussian": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
                            ("ppo.use_sde=false", "ppo.log_std_init=-2.0")),
+    # `ppo` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
+    # its size is exp(log_std) alone (0.1 at the start, ppo's from 100k to 470k agent steps), set by the loss.
+    "ppo_sde_unit": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
+                           ("ppo.sde_unit_latent=true", "ppo.log_std_init=-2.3")),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)

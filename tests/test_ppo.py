@@ -347,6 +347,43 @@ def test_gsde_noise_is_latent_times_a_matrix_held_for_sde_sample_freq_steps():
     assert draws == [2]
 
 
+def test_unit_latent_gsde_noise_size_is_exp_log_std_whatever_the_latent_norm():
+    obs = torch.as_tensor(np.random.default_rng(2).integers(0, 256, (5, 4, 36, 36), dtype=np.uint8))
+    stds = {}
+    for unit in (False, True):
+        learner = PPOLearner(small_config(log_std_init=-1.0, sde_unit_latent=unit), (4, 36, 36),
+                             SPECS["continuous"], CPU, seed=3)
+        policy = learner.policy
+        for scale in (1.0, 4.0):  # the head's activations grow as it trains: here by scaling its layer
+            with torch.no_grad():
+                policy.mlp_extractor.policy_net[0].weight.mul_(scale)
+                head, _ = policy(obs)
+                stds[unit, scale] = policy.distribution(head).stddev
+                policy.mlp_extractor.policy_net[0].weight.div_(scale)
+    # Unit latent: every (state, control) std is exp(log_std) = e^-1, at any latent norm.
+    for scale in (1.0, 4.0):
+        torch.testing.assert_close(stds[True, scale], torch.full_like(stds[True, scale], np.exp(-1.0)))
+    # Plain (SB3) gSDE: the std grows with the latent.
+    assert (stds[False, 4.0] > 2 * stds[False, 1.0]).all()
+
+    # The noise is the unit latent times the held matrix, and the log-prob is of N(mean, exp(log_std)^2).
+    gen = torch.Generator().manual_seed(0)
+    policy.reset_noise(5, gen)
+    mats = policy.exploration_matrices.clone()
+    head, _ = policy(obs)
+    _, extras = policy.sample(obs, True, gen)
+    unit = head.latent / head.latent.norm(dim=-1, keepdim=True)
+    noise = torch.bmm(unit.unsqueeze(1), mats).squeeze(1)
+    torch.testing.assert_close(extras["raw_action"], (head.out + noise).detach())
+    expected = torch.distributions.Normal(head.out, np.exp(-1.0)).log_prob(extras["raw_action"]).sum(-1)
+    torch.testing.assert_close(extras["logprob"], expected.detach())
+
+
+def test_unit_latent_needs_gsde():
+    with pytest.raises(ConfigError, match="sde_unit_latent=true needs ppo.use_sde=true"):
+        small_config(use_sde=False, sde_unit_latent=True).validate()
+
+
 def _shipped_ppo() -> PPOConfig:
     """PPO as `make train` runs it without a GPU (the recipe `--algo ppo --preset cpu` resolves to)."""
     from distracer.config import load_config

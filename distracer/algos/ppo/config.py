@@ -92,6 +92,12 @@ class PPOConfig:
     per step: smooth, state-dependent steering noise, as RL Zoo's CarRacing PPO uses. Continuous actions only."""
     sde_sample_freq: int = 4
     """Draw new gSDE noise matrices every this many steps of each rollout (-1: once per rollout)."""
+    sde_unit_latent: bool = False
+    """gSDE on the policy latent scaled to unit L2 norm: the noise keeps its state-dependent direction, and its
+    size is exp(log_std) alone, which the loss sets. Plain gSDE's std is the latent's norm times exp(log_std),
+    and the latent's norm grows as the head trains (0.44 -> 0.95 over a `ppo` run, doubling the action std while
+    PPO lowered log_std; docs/RESULTS.md). Needs `use_sde`. SB3 has no such option: an SB3 export acts the same
+    (deterministic), and would explore with SB3's plain gSDE if trained on."""
     policy_lag: int = 0
     """0: exact synchronous PPO (workers wait while the learner updates). 1: workers collect the next rollout
     with the previous weights during the update, so collection and learning overlap (about twice the
@@ -154,6 +160,8 @@ class PPOConfig:
             raise ConfigError(f"ppo.is_weight_clip={self.is_weight_clip} must be > 0")
         if self.policy_lag not in (0, 1):
             raise ConfigError(f"ppo.policy_lag={self.policy_lag} must be 0 (synchronous) or 1 (overlapped)")
+        if self.sde_unit_latent and not self.use_sde:
+            raise ConfigError("ppo.sde_unit_latent=true needs ppo.use_sde=true")
         if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
             raise ConfigError(f"ppo.sde_sample_freq={self.sde_sample_freq} must be >= 1, or -1 for once per rollout")
 

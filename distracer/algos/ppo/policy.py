@@ -36,6 +36,8 @@ class PPOPolicy(Policy):
     `StateDependentNoiseDistribution` with full_std, exp, unsquashed): the noise is `latent @ W` with
     W ~ N(0, exp(log_std)^2) of shape (L, dim), resampled per env every few steps (`reset_noise`), so
     exploration is smooth in time as steering must be; the log-prob is of N(mean, (latent^2) @ exp(log_std)^2).
+    With `sde_unit_latent` the latent in both is first scaled to unit L2 norm (distracer's variant, not SB3's):
+    the std is then set by `log_std` alone, not by how large the head's activations grow.
 
     `act()` returns actions for the env (continuous: clipped to [-1, 1]) and extras:
     `logprob` (B,) of the sampled action, `value` (B,), and `raw_action`, the unclipped sample that the
@@ -57,6 +59,7 @@ class PPOPolicy(Policy):
         net_arch_vf: tuple[int, ...] = (),
         activation: str = "tanh",
         use_sde: bool = False,
+        sde_unit_latent: bool = False,
     ):
         super().__init__()
         if action_kind not in ("continuous", "discrete"):
@@ -67,6 +70,9 @@ class PPOPolicy(Policy):
         self.action_kind = action_kind
         self.action_dim = int(action_dim)
         self.use_sde = bool(use_sde)
+        if sde_unit_latent and not self.use_sde:
+            raise ConfigError("ppo.sde_unit_latent=true needs ppo.use_sde=true")
+        self.sde_unit_latent = bool(sde_unit_latent)
         self.features_extractor = NatureCNN(self.obs_shape, features_dim)
         self.mlp_extractor = MlpExtractor(features_dim, tuple(net_arch_pi), tuple(net_arch_vf), activation)
         latent_pi, latent_vf = self.mlp_extractor.latent_dim_pi, self.mlp_extractor.latent_dim_vf
@@ -106,7 +112,7 @@ class PPOPolicy(Policy):
             return torch.distributions.Categorical(logits=out)
         std = self.log_std.float().exp()
         if self.use_sde:  # SB3 StateDependentNoiseDistribution.proba_distribution (learn_features=False)
-            variance = (head.latent.detach().float() ** 2) @ (std**2)
+            variance = (self._noise_features(head.latent) ** 2) @ (std**2)
             return torch.distributions.Normal(out, torch.sqrt(variance + SDE_EPSILON))
         return torch.distributions.Normal(out, std.expand_as(out))
 
@@ -125,11 +131,18 @@ class PPOPolicy(Policy):
         noise = torch.randn((batch, *std.shape), generator=generator, device=std.device)
         self.exploration_matrices = noise * std
 
+    def _noise_features(self, latent: torch.Tensor) -> torch.Tensor:
+        """The features gSDE's noise is linear in (B, L) float32, detached (SB3 learn_features=False)."""
+        latent = latent.detach().float()
+        if self.sde_unit_latent:
+            return latent / latent.norm(dim=-1, keepdim=True).clamp_min(SDE_EPSILON)
+        return latent
+
     def _sde_noise(self, latent: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.exploration_matrices.numel() == 0:
             self.reset_noise(1, generator)
         mats = self.exploration_matrices
-        latent = latent.detach().float()
+        latent = self._noise_features(latent)
         if len(mats) != len(latent):
             return latent @ mats[0]
         return torch.bmm(latent.unsqueeze(1), mats).squeeze(1)
