@@ -68,7 +68,7 @@ class PPOLearner(Learner):
             "net_arch_vf": tuple(self.config.net_arch_vf),
             "activation": self.config.activation,
             "use_sde": self.config.use_sde and self.action_spec.kind == "continuous",
-            "sde_unit_latent": self.config.sde_unit_latent,
+            "sde_unit_latent": self.config.sde_unit_latent and self.action_spec.kind == "continuous",
         }
 
     def modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
