@@ -137,6 +137,11 @@ RECIPES: dict[str, Recipe] = {
     # score fell at the schedule's end (docs/RESULTS.md). Here PPO sets the std itself.
     "ppo_gaussian": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
                            ("ppo.use_sde=false", "ppo.log_std_init=-2.0")),
+    # `ppo_gaussian` with its learning rate decayed to 0 over the run's time budget (`ppo.lr_horizon=budget`): its 3
+    # seeds rose from 30 minutes to the schedule's end (704.7 -> 828.9 mean, 600k agent steps, 45-47 minutes here)
+    # as the rate fell, so does ending the decay at 30 minutes bring that rise into a 30-minute budget?
+    "ppo_gaussian_budget_lr": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
+                                     ("ppo.use_sde=false", "ppo.log_std_init=-2.0", "ppo.lr_horizon=budget")),
     # `ppo` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo's from 100k to 470k agent steps), set by the loss.
     "ppo_sde_unit": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
