@@ -99,53 +99,56 @@ class Recipe:
     peer: bool = False
 
 
+PPO_FILES = ("tune_configs/ppo.yaml", "tune_configs/cpu.yaml")
+GSDE = ("ppo.use_sde=true", "ppo.log_std_init=-1.5")
+"""gSDE as tune_configs/ppo.yaml had it until Gaussian noise replaced it: the recipes below measured with it keep it."""
+
 RECIPES: dict[str, Recipe] = {
-    "ppo": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml")),
+    "ppo": Recipe(PPO_FILES),
     "sac_drq": Recipe(("tune_configs/sac_drq.yaml", "tune_configs/cpu.yaml")),
     "dqn": Recipe(("tune_configs/dqn.yaml", "tune_configs/cpu.yaml")),
-    "ppo_laptop": Recipe(("tune_configs/ppo.yaml", "tune_configs/laptop.yaml")),  # the old default
+    "ppo_laptop": Recipe(("tune_configs/ppo.yaml", "tune_configs/laptop.yaml"), GSDE),  # the old default
+    # The `ppo` recipe up to the commit that made Gaussian noise its default (docs/RESULTS.md: `ppo` before then;
+    # `ppo_wide_std` before the standstill rule's runs were renamed).
+    "ppo_gsde": Recipe(PPO_FILES, GSDE),
     # Candidate: the `cpu` recipe with training episodes of a stopped car ended after 100 frames, -100 (the env's
     # own penalty for leaving the playfield). Scores stay stock returns.
-    "ppo_no_progress": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
-                              ("env.no_progress_frames=100", "env.no_progress_penalty=-100",
-                               "env.standstill_frames=0")),  # as measured, before the standstill rule
+    "ppo_no_progress": Recipe(PPO_FILES, GSDE + ("env.no_progress_frames=100", "env.no_progress_penalty=-100",
+                                                 "env.standstill_frames=0")),  # as measured, before the standstill rule
     # The `cpu` recipe as it was before `env.standstill_frames: 100` joined tune_configs/ppo.yaml (the runs in
     # docs/RESULTS.md called `ppo` up to commit 4187c9c; `ppo_standstill` there is today's `ppo_narrow_std`).
-    "ppo_no_standstill": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("env.standstill_frames=0",)),
-    # The `ppo` recipe as it was before `ppo.log_std_init: -1.5` joined tune_configs/ppo.yaml: RL Zoo's -2 (the
-    # runs in docs/RESULTS.md called `ppo` up to commit 552999d; `ppo_wide_std` there is the `ppo` of today).
-    "ppo_narrow_std": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.log_std_init=-2.0",)),
-    # `ppo` with its learning rate decayed to 0 over the run's time budget (--minutes) instead of over 600k agent
-    # steps: does annealing to the budget, on a machine of any speed, give a better policy at the budget's end?
-    "ppo_budget_lr": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.lr_horizon=budget",)),
+    "ppo_no_standstill": Recipe(PPO_FILES, GSDE + ("env.standstill_frames=0",)),
+    # The gSDE recipe as it was before `ppo.log_std_init: -1.5` joined tune_configs/ppo.yaml: RL Zoo's -2 (the
+    # runs in docs/RESULTS.md called `ppo` up to commit 552999d; `ppo_wide_std` there is `ppo_gsde`).
+    "ppo_narrow_std": Recipe(PPO_FILES, ("ppo.use_sde=true", "ppo.log_std_init=-2.0")),
+    # `ppo_gsde` with its learning rate decayed to 0 over the run's time budget (--minutes) instead of over 600k
+    # agent steps: does annealing to the budget, on a machine of any speed, give a better policy at the budget's end?
+    "ppo_budget_lr": Recipe(PPO_FILES, GSDE + ("ppo.lr_horizon=budget",)),
     # `ppo_budget_lr` in two phases (the standstill rule off for the last quarter of the budget, by `env_switch`) with
-    # the skip penalty from the start: tune_configs/ppo_two_phase.yaml, the long-budget recipe users run. Its runs
-    # before that file existed passed `--set total_env_steps=5000000 --set env.skip_penalty=-20` (the same config).
+    # the skip penalty from the start: tune_configs/ppo_two_phase.yaml (gSDE, as measured), the long-budget recipe
+    # users run. Its runs before that file existed passed `--set total_env_steps=5000000 --set env.skip_penalty=-20`.
     "ppo_two_phase": Recipe(("tune_configs/ppo_two_phase.yaml",)),  # extends ppo.yaml and cpu.yaml
-    # `ppo` with the standstill rule off for the last quarter of its budget (`env_switch`, as in ppo_two_phase): late in
-    # `ppo`'s runs the rule ended 17-30% of training episodes as the return fell (docs/RESULTS.md, seed 3), so does
-    # training on whole episodes at the end keep the peak? The budget is the further along of --minutes and 600k steps.
-    "ppo_late_whole": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
-                             ("env_switch.at_budget=0.75", "env_switch.env.standstill_frames=0")),
-    # `ppo` with rollouts of 256 steps per env (2,048 transitions) instead of 512: twice the updates per agent step.
-    # On 2 cores the worker sets the pace (learner busy 33-49% in `ppo`'s first half, docs/RESULTS.md) and most
+    # `ppo_gsde` with the standstill rule off for the last quarter of its budget (`env_switch`, as in ppo_two_phase):
+    # late in its runs the rule ended 17-30% of training episodes as the return fell (docs/RESULTS.md, seed 3), so
+    # does training on whole episodes at the end keep the peak? The budget is the further along of --minutes and 600k.
+    "ppo_late_whole": Recipe(PPO_FILES, GSDE + ("env_switch.at_budget=0.75", "env_switch.env.standstill_frames=0")),
+    # `ppo_gsde` with rollouts of 256 steps per env (2,048 transitions) instead of 512: twice the updates per agent
+    # step. On 2 cores the worker sets the pace (learner busy 33-49% in the first half, docs/RESULTS.md) and most
     # updates stop early at target_kl, so does updating twice as often learn more by 30 minutes?
-    "ppo_short_rollout": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"), ("ppo.num_steps=256",)),
-    # `ppo` with independent Gaussian noise (std 0.135 per control) instead of gSDE: gSDE's action std is the
-    # policy latent's norm times exp(log_std), and in `ppo` the latent's norm grew 0.44 -> 0.95 over the schedule
-    # while PPO lowered log_std (0.21 -> 0.18): the std doubled (0.09 -> 0.18) against what the loss asked, as the
-    # score fell at the schedule's end (docs/RESULTS.md). Here PPO sets the std itself.
-    "ppo_gaussian": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
-                           ("ppo.use_sde=false", "ppo.log_std_init=-2.0")),
+    "ppo_short_rollout": Recipe(PPO_FILES, GSDE + ("ppo.num_steps=256",)),
+    # `ppo_gsde` with independent Gaussian noise (std 0.135 per control) instead of gSDE: gSDE's action std is the
+    # policy latent's norm times exp(log_std), and the latent's norm grew 0.44 -> 0.95 over the schedule while PPO
+    # lowered log_std (0.21 -> 0.18): the std doubled (0.09 -> 0.18) against what the loss asked, as the score fell
+    # at the schedule's end (docs/RESULTS.md). Here PPO sets the std itself. `ppo` since it held on 3 seeds.
+    "ppo_gaussian": Recipe(PPO_FILES, ("ppo.use_sde=false", "ppo.log_std_init=-2.0")),
     # `ppo_gaussian` with its learning rate decayed to 0 over the run's time budget (`ppo.lr_horizon=budget`): its 3
     # seeds rose from 30 minutes to the schedule's end (704.7 -> 828.9 mean, 600k agent steps, 45-47 minutes here)
     # as the rate fell, so does ending the decay at 30 minutes bring that rise into a 30-minute budget?
-    "ppo_gaussian_budget_lr": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
-                                     ("ppo.use_sde=false", "ppo.log_std_init=-2.0", "ppo.lr_horizon=budget")),
-    # `ppo` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
-    # its size is exp(log_std) alone (0.1 at the start, ppo's from 100k to 470k agent steps), set by the loss.
-    "ppo_sde_unit": Recipe(("tune_configs/ppo.yaml", "tune_configs/cpu.yaml"),
-                           ("ppo.sde_unit_latent=true", "ppo.log_std_init=-2.3")),
+    "ppo_gaussian_budget_lr": Recipe(PPO_FILES, ("ppo.use_sde=false", "ppo.log_std_init=-2.0",
+                                                 "ppo.lr_horizon=budget")),
+    # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
+    # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
+    "ppo_sde_unit": Recipe(PPO_FILES, ("ppo.use_sde=true", "ppo.sde_unit_latent=true", "ppo.log_std_init=-2.3")),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)

@@ -395,8 +395,8 @@ def _shipped_ppo() -> PPOConfig:
 @pytest.mark.parametrize("which", ["dataclass default", "ppo.yaml + cpu.yaml"])
 def test_default_policy_starts_with_a_small_bounded_exploration(which):
     # std 1 on [-1, 1] controls clips a third of samples and brakes hard one step in six (issue 9); the
-    # defaults start near exp(-2) (the dataclass) or exp(-1.5) (what `make train` runs) per latent unit, so
-    # nearly all exploring actions stay inside the bounds.
+    # defaults start near exp(-2): per latent unit with gSDE (the dataclass), per control with Gaussian noise (what
+    # `make train` runs), so nearly all exploring actions stay inside the bounds.
     config = PPOConfig(num_envs=4, total_updates=10) if which == "dataclass default" else _shipped_ppo()
     learner = PPOLearner(config, (2, 64, 64), SPECS["continuous"], CPU, seed=0)
     obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (256, 2, 64, 64), dtype=np.uint8))
