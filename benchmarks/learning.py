@@ -102,25 +102,27 @@ class Recipe:
 PPO_FILES = ("tune_configs/ppo.yaml", "tune_configs/cpu.yaml")
 GSDE = ("ppo.use_sde=true", "ppo.log_std_init=-1.5")
 """gSDE as tune_configs/ppo.yaml had it until Gaussian noise replaced it: the recipes below measured with it keep it."""
+GSDE_NARROW = ("ppo.use_sde=true", "ppo.log_std_init=-2.0")
+"""gSDE as tune_configs/ppo.yaml had it before `log_std_init: -1.5` (commit 378a88a), for the recipes measured then."""
 
 RECIPES: dict[str, Recipe] = {
     "ppo": Recipe(PPO_FILES),
     "sac_drq": Recipe(("tune_configs/sac_drq.yaml", "tune_configs/cpu.yaml")),
     "dqn": Recipe(("tune_configs/dqn.yaml", "tune_configs/cpu.yaml")),
-    "ppo_laptop": Recipe(("tune_configs/ppo.yaml", "tune_configs/laptop.yaml"), GSDE),  # the old default
+    "ppo_laptop": Recipe(("tune_configs/ppo.yaml", "tune_configs/laptop.yaml"), GSDE_NARROW),  # the old default
     # The `ppo` recipe up to the commit that made Gaussian noise its default (docs/RESULTS.md: `ppo` before then;
     # `ppo_wide_std` before the standstill rule's runs were renamed).
     "ppo_gsde": Recipe(PPO_FILES, GSDE),
     # Candidate: the `cpu` recipe with training episodes of a stopped car ended after 100 frames, -100 (the env's
     # own penalty for leaving the playfield). Scores stay stock returns.
-    "ppo_no_progress": Recipe(PPO_FILES, GSDE + ("env.no_progress_frames=100", "env.no_progress_penalty=-100",
+    "ppo_no_progress": Recipe(PPO_FILES, GSDE_NARROW + ("env.no_progress_frames=100", "env.no_progress_penalty=-100",
                                                  "env.standstill_frames=0")),  # as measured, before the standstill rule
     # The `cpu` recipe as it was before `env.standstill_frames: 100` joined tune_configs/ppo.yaml (the runs in
     # docs/RESULTS.md called `ppo` up to commit 4187c9c; `ppo_standstill` there is today's `ppo_narrow_std`).
-    "ppo_no_standstill": Recipe(PPO_FILES, GSDE + ("env.standstill_frames=0",)),
+    "ppo_no_standstill": Recipe(PPO_FILES, GSDE_NARROW + ("env.standstill_frames=0",)),
     # The gSDE recipe as it was before `ppo.log_std_init: -1.5` joined tune_configs/ppo.yaml: RL Zoo's -2 (the
     # runs in docs/RESULTS.md called `ppo` up to commit 552999d; `ppo_wide_std` there is `ppo_gsde`).
-    "ppo_narrow_std": Recipe(PPO_FILES, ("ppo.use_sde=true", "ppo.log_std_init=-2.0")),
+    "ppo_narrow_std": Recipe(PPO_FILES, GSDE_NARROW),
     # `ppo_gsde` with its learning rate decayed to 0 over the run's time budget (--minutes) instead of over 600k
     # agent steps: does annealing to the budget, on a machine of any speed, give a better policy at the budget's end?
     "ppo_budget_lr": Recipe(PPO_FILES, GSDE + ("ppo.lr_horizon=budget",)),
@@ -137,7 +139,7 @@ RECIPES: dict[str, Recipe] = {
     # updates stop early at target_kl, so does updating twice as often learn more by 30 minutes?
     "ppo_short_rollout": Recipe(PPO_FILES, GSDE + ("ppo.num_steps=256",)),
     # `ppo_gsde` with independent Gaussian noise (std 0.135 per control) instead of gSDE: gSDE's action std is the
-    # policy latent's norm times exp(log_std), and the latent's norm grew 0.44 -> 0.95 over the schedule while PPO
+    # policy latent's norm times exp(log_std), and the latent's norm grew 0.42 -> 1.00 over the schedule while PPO
     # lowered log_std (0.21 -> 0.18): the std doubled (0.09 -> 0.18) against what the loss asked, as the score fell
     # at the schedule's end (docs/RESULTS.md). Here PPO sets the std itself. `ppo` since it held on 3 seeds.
     "ppo_gaussian": Recipe(PPO_FILES, ("ppo.use_sde=false", "ppo.log_std_init=-2.0")),
@@ -149,7 +151,7 @@ RECIPES: dict[str, Recipe] = {
     # `ppo` (Gaussian noise) with the training-only skip penalty of ppo_two_phase (-20 once the car leaves tiles
     # unvisited behind it): its end checkpoints lost 12-18 points per episode over 100 to cut corners, laps that then
     # run to the time limit a few tiles short (docs/RESULTS.md). Scores stay stock returns.
-    "ppo_gaussian_skip": Recipe(PPO_FILES, ("env.skip_penalty=-20",)),
+    "ppo_gaussian_skip": Recipe(PPO_FILES, ("ppo.use_sde=false", "ppo.log_std_init=-2.0", "env.skip_penalty=-20")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
     "ppo_sde_unit": Recipe(PPO_FILES, ("ppo.use_sde=true", "ppo.sde_unit_latent=true", "ppo.log_std_init=-2.3")),

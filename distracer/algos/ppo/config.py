@@ -95,7 +95,7 @@ class PPOConfig:
     sde_unit_latent: bool = False
     """gSDE on the policy latent scaled to unit L2 norm: the noise keeps its state-dependent direction, and its
     size is exp(log_std) alone, which the loss sets. Plain gSDE's std is the latent's norm times exp(log_std),
-    and the latent's norm grows as the head trains (0.44 -> 0.95 over a `ppo` run, doubling the action std while
+    and the latent's norm grows as the head trains (0.42 -> 1.00 over a `ppo_gsde` run, doubling the action std while
     PPO lowered log_std; docs/RESULTS.md). Needs `use_sde`. SB3 has no such option: an SB3 export acts the same
     (deterministic), and would explore with SB3's plain gSDE if trained on."""
     policy_lag: int = 0
