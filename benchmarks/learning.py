@@ -104,6 +104,8 @@ GSDE = ("ppo.use_sde=true", "ppo.log_std_init=-1.5")
 """gSDE as tune_configs/ppo.yaml had it until Gaussian noise replaced it: the recipes below measured with it keep it."""
 GSDE_NARROW = ("ppo.use_sde=true", "ppo.log_std_init=-2.0")
 """gSDE as tune_configs/ppo.yaml had it before `log_std_init: -1.5` (commit 378a88a), for the recipes measured then."""
+GAUSSIAN = ("ppo.use_sde=false", "ppo.log_std_init=-2.0")
+"""ppo.yaml's noise since 81e5766, pinned so the Gaussian recipes measure the same thing if that default moves."""
 
 RECIPES: dict[str, Recipe] = {
     "ppo": Recipe(PPO_FILES),
@@ -142,16 +144,15 @@ RECIPES: dict[str, Recipe] = {
     # policy latent's norm times exp(log_std), and the latent's norm grew 0.42 -> 1.00 over the schedule while PPO
     # lowered log_std (0.21 -> 0.18): the std doubled (0.09 -> 0.18) against what the loss asked, as the score fell
     # at the schedule's end (docs/RESULTS.md). Here PPO sets the std itself. `ppo` since it held on 3 seeds.
-    "ppo_gaussian": Recipe(PPO_FILES, ("ppo.use_sde=false", "ppo.log_std_init=-2.0")),
+    "ppo_gaussian": Recipe(PPO_FILES, GAUSSIAN),
     # `ppo_gaussian` with its learning rate decayed to 0 over the run's time budget (`ppo.lr_horizon=budget`): its 3
     # seeds rose from 30 minutes to the schedule's end (704.7 -> 828.9 mean, 600k agent steps, 45-47 minutes here)
     # as the rate fell, so does ending the decay at 30 minutes bring that rise into a 30-minute budget?
-    "ppo_gaussian_budget_lr": Recipe(PPO_FILES, ("ppo.use_sde=false", "ppo.log_std_init=-2.0",
-                                                 "ppo.lr_horizon=budget")),
+    "ppo_gaussian_budget_lr": Recipe(PPO_FILES, GAUSSIAN + ("ppo.lr_horizon=budget",)),
     # `ppo` (Gaussian noise) with the training-only skip penalty of ppo_two_phase (-20 once the car leaves tiles
     # unvisited behind it): its end checkpoints lost 12-18 points per episode over 100 to cut corners, laps that then
     # run to the time limit a few tiles short (docs/RESULTS.md). Scores stay stock returns.
-    "ppo_gaussian_skip": Recipe(PPO_FILES, ("ppo.use_sde=false", "ppo.log_std_init=-2.0", "env.skip_penalty=-20")),
+    "ppo_gaussian_skip": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20",)),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
     "ppo_sde_unit": Recipe(PPO_FILES, ("ppo.use_sde=true", "ppo.sde_unit_latent=true", "ppo.log_std_init=-2.3")),
