@@ -153,6 +153,12 @@ RECIPES: dict[str, Recipe] = {
     # unvisited behind it): its end checkpoints lost 12-18 points per episode over 100 to cut corners, laps that then
     # run to the time limit a few tiles short (docs/RESULTS.md). Scores stay stock returns.
     "ppo_gaussian_skip": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20",)),
+    # `ppo` (Gaussian noise) deciding every 4 frames, not 2. The worker sets the pace on 2 cores and spends ~85% of its
+    # time drawing frames (a cProfile of collect_rollout: 3.5 ms per agent step in `_render_state_pixels`); the fast
+    # env draws only a repeat's last frame, so repeat 4 moves ~2x the frames per second at about the same agent
+    # steps/s. Does the car then learn more per minute? (Its one earlier run, 2026-11-28, was the pre-Zoo recipe whose
+    # std collapsed at any repeat.)
+    "ppo_gaussian_ar4": Recipe(PPO_FILES, GAUSSIAN + ("env.action_repeat=4",)),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
     "ppo_sde_unit": Recipe(PPO_FILES, ("ppo.use_sde=true", "ppo.sde_unit_latent=true", "ppo.log_std_init=-2.3")),
