@@ -153,11 +153,11 @@ RECIPES: dict[str, Recipe] = {
     # unvisited behind it): its end checkpoints lost 12-18 points per episode over 100 to cut corners, laps that then
     # run to the time limit a few tiles short (docs/RESULTS.md). Scores stay stock returns.
     "ppo_gaussian_skip": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20",)),
-    # `ppo` (Gaussian noise) deciding every 4 frames, not 2. The worker sets the pace on 2 cores and spends ~85% of its
-    # time drawing frames (a cProfile of collect_rollout: 3.5 ms per agent step in `_render_state_pixels`); the fast
-    # env draws only a repeat's last frame, so repeat 4 moves ~2x the frames per second at about the same agent
-    # steps/s. Does the car then learn more per minute? (Its one earlier run, 2026-11-28, was the pre-Zoo recipe whose
-    # std collapsed at any repeat.)
+    # `ppo` (Gaussian noise) deciding every 4 frames, not 2. On 2 cores the worker sets the pace and spends ~75% of
+    # its time drawing (a cProfile of collect_rollout, 8 envs: 3.6 of 4.8 s in `_render_state_pixels`, 3.5 ms per
+    # agent step); the fast env draws only a repeat's last frame, so repeat 4 moves ~2x the frames per second at about
+    # the same agent steps/s. Does the car then learn more per minute? (Its one earlier run, 2026-11-28, was the
+    # pre-Zoo recipe whose std collapsed at any repeat.)
     "ppo_gaussian_ar4": Recipe(PPO_FILES, GAUSSIAN + ("env.action_repeat=4",)),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
