@@ -17,6 +17,7 @@ from distracer.algos.base import ActionSpec, DeviceConfig, NonFiniteLossError
 from distracer.algos.ppo import (
     PPOConfig,
     PPOLearner,
+    PPOPolicy,
     RolloutState,
     collect_rollout,
     compute_gae,
@@ -382,6 +383,17 @@ def test_unit_latent_gsde_noise_size_is_exp_log_std_whatever_the_latent_norm():
 def test_unit_latent_needs_gsde():
     with pytest.raises(ConfigError, match="sde_unit_latent=true needs ppo.use_sde=true"):
         small_config(use_sde=False, sde_unit_latent=True).validate()
+
+
+@pytest.mark.parametrize(("kind", "use_sde", "unit", "message"), [
+    ("continuous", False, True, "sde_unit_latent=true needs ppo.use_sde=true"),
+    ("discrete", True, False, "ppo.use_sde needs continuous actions"),
+])
+def test_policy_built_from_weights_refuses_noise_options_that_do_not_go_together(kind, use_sde, unit, message):
+    # A policy is also built from a checkpoint's or a worker's weights spec, not only from a validated config.
+    with pytest.raises(ConfigError, match=message):
+        PPOPolicy((2, 64, 64), action_kind=kind, action_dim=2 if kind == "continuous" else 5, use_sde=use_sde,
+                  sde_unit_latent=unit)
 
 
 def _shipped_ppo() -> PPOConfig:

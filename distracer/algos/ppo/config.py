@@ -15,6 +15,15 @@ LR_SCHEDULES = ("constant", "linear")
 LR_HORIZONS = ("steps", "budget")
 
 
+def check_noise(use_sde: bool, sde_unit_latent: bool, action_kind: str = "continuous") -> None:
+    """The exploration-noise options that go together, checked where a config is validated and where a policy is
+    built from weights. Raises ConfigError naming the setting to change."""
+    if use_sde and action_kind != "continuous":
+        raise ConfigError("ppo.use_sde needs continuous actions")
+    if sde_unit_latent and not use_sde:
+        raise ConfigError("ppo.sde_unit_latent=true needs ppo.use_sde=true")
+
+
 @dataclass
 class PPOConfig:
     """PPO hyperparameters. Defaults are RL Zoo's tuned CarRacing-v3 PPO (rl-baselines3-zoo hyperparams/ppo.yml:
@@ -160,8 +169,7 @@ class PPOConfig:
             raise ConfigError(f"ppo.is_weight_clip={self.is_weight_clip} must be > 0")
         if self.policy_lag not in (0, 1):
             raise ConfigError(f"ppo.policy_lag={self.policy_lag} must be 0 (synchronous) or 1 (overlapped)")
-        if self.sde_unit_latent and not self.use_sde:
-            raise ConfigError("ppo.sde_unit_latent=true needs ppo.use_sde=true")
+        check_noise(self.use_sde, self.sde_unit_latent)
         if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
             raise ConfigError(f"ppo.sde_sample_freq={self.sde_sample_freq} must be >= 1, or -1 for once per rollout")
 

@@ -14,7 +14,7 @@ from distracer.algos.base import (
     Policy,
 )
 from distracer.algos.nets import NatureCNN
-from distracer.algos.ppo.config import ACTIVATIONS
+from distracer.algos.ppo.config import ACTIVATIONS, check_noise
 from distracer.errors import ConfigError
 
 
@@ -64,14 +64,11 @@ class PPOPolicy(Policy):
         super().__init__()
         if action_kind not in ("continuous", "discrete"):
             raise ConfigError(f"action kind {action_kind!r} is unknown; allowed: continuous, discrete")
-        if use_sde and action_kind != "continuous":
-            raise ConfigError("ppo.use_sde needs continuous actions")
+        check_noise(use_sde, sde_unit_latent, action_kind)
         self.obs_shape = tuple(int(x) for x in obs_shape)
         self.action_kind = action_kind
         self.action_dim = int(action_dim)
         self.use_sde = bool(use_sde)
-        if sde_unit_latent and not self.use_sde:
-            raise ConfigError("ppo.sde_unit_latent=true needs ppo.use_sde=true")
         self.sde_unit_latent = bool(sde_unit_latent)
         self.features_extractor = NatureCNN(self.obs_shape, features_dim)
         self.mlp_extractor = MlpExtractor(features_dim, tuple(net_arch_pi), tuple(net_arch_vf), activation)
