@@ -15,11 +15,10 @@ LR_SCHEDULES = ("constant", "linear")
 LR_HORIZONS = ("steps", "budget")
 
 
-def check_noise(use_sde: bool, sde_unit_latent: bool, action_kind: str = "continuous") -> None:
+def check_noise(use_sde: bool, sde_unit_latent: bool) -> None:
     """The exploration-noise options that go together, checked where a config is validated and where a policy is
-    built from weights. Raises ConfigError naming the setting to change."""
-    if use_sde and action_kind != "continuous":
-        raise ConfigError("ppo.use_sde needs continuous actions")
+    built from weights. Raises ConfigError naming the setting to change. (With discrete actions the learner builds
+    its policy without gSDE, so the config does not check `use_sde` against the action space; the policy does.)"""
     if sde_unit_latent and not use_sde:
         raise ConfigError("ppo.sde_unit_latent=true needs ppo.use_sde=true")
 

@@ -64,7 +64,9 @@ class PPOPolicy(Policy):
         super().__init__()
         if action_kind not in ("continuous", "discrete"):
             raise ConfigError(f"action kind {action_kind!r} is unknown; allowed: continuous, discrete")
-        check_noise(use_sde, sde_unit_latent, action_kind)
+        if use_sde and action_kind != "continuous":
+            raise ConfigError("ppo.use_sde needs continuous actions")
+        check_noise(use_sde, sde_unit_latent)
         self.obs_shape = tuple(int(x) for x in obs_shape)
         self.action_kind = action_kind
         self.action_dim = int(action_dim)
