@@ -156,7 +156,7 @@ RECIPES: dict[str, Recipe] = {
     # `ppo` (Gaussian noise) deciding every 4 frames, not 2. On 2 cores the worker sets the pace and spends ~75% of
     # its time drawing (a cProfile of collect_rollout, 8 envs: 3.6 of 4.8 s in `_render_state_pixels`, 3.5 ms per
     # agent step); the fast env draws only a repeat's last frame, so repeat 4 moves ~2x the frames per second at about
-    # the same agent steps/s. Does the car then learn more per minute? (Its one earlier run, 2026-11-28, was the
+    # the same agent steps/s. Does the car then learn more per minute? (Its one earlier run, 2026-11-29, was the
     # pre-Zoo recipe whose std collapsed at any repeat.) 3 seeds at 30 minutes: 732.4, within `ppo_gaussian`'s spread.
     "ppo_gaussian_ar4": Recipe(PPO_FILES, GAUSSIAN + ("env.action_repeat=4",)),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
