@@ -7,13 +7,20 @@ episode deterministically, on an evaluation seed no training used): the mean lat
 root mean square per control, the mean action std per control and the mean |action mean| per control; then one
 JSON line. Used for docs/RESULTS.md.
 
+With `--episodes N` it also drives each checkpoint on N stock episodes (evaluation seeds from 1001000000, as
+`benchmarks/learning.py` scores snapshots) twice: deterministically, as every score is taken, and with the noise it
+trained with, on the same tracks. The ratio says how much of the training return the deterministic policy keeps;
+the noisy figure is a diagnostic, never a score.
+
     .venv/bin/python benchmarks/policy_noise.py RUN_DIR/ppo/seed1 [--frames 800] [--seed 1001000999]
+    .venv/bin/python benchmarks/policy_noise.py RUN_DIR/ppo/seed1 --episodes 10 [--only ckpt_000000385024]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +28,10 @@ import torch
 
 from distracer.checkpoint import learner_from_checkpoint, list_checkpoints
 from distracer.envs import make_env
+from distracer.evaluate import distracer_act_fn, load_for_evaluation, run_episode
+
+FIRST_EVAL_SEED = 1_001_000_000
+"""The first of benchmarks/learning.py's snapshot-scoring seeds (disjoint from training's)."""
 
 
 def observations(checkpoint: Path, seed: int, agent_steps: int) -> torch.Tensor:
@@ -55,13 +66,75 @@ def noise_row(checkpoint: Path, obs: torch.Tensor) -> dict[str, object]:
                 "abs_action_mean": [round(float(x), 4) for x in head.out.abs().mean(0)]}
 
 
+def noisy_act_fn(checkpoint: Path, seed: int):
+    """The checkpoint's policy acting with its training noise (Gaussian or gSDE), seeded by `seed`."""
+    learner, _, _ = learner_from_checkpoint(checkpoint)
+    policy = learner.policy
+    policy.set_seed(seed)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        action, _ = policy.act(torch.as_tensor(obs[None]), explore=True)
+        return action[0].numpy()
+
+    return act
+
+
+def episode(task: tuple[Path, str, int, int | None]) -> tuple[str, str, int, float, int]:
+    """One stock episode of one checkpoint, `mode` 'deterministic' or 'noisy', cut at `max_steps` agent steps when
+    set (tests): (checkpoint, mode, seed, return, tiles missed)."""
+    checkpoint, mode, seed, max_steps = task
+    torch.set_num_threads(1)
+    loaded = load_for_evaluation(checkpoint)
+    act = distracer_act_fn(loaded.source.weights) if mode == "deterministic" else noisy_act_fn(checkpoint, seed)
+    result = run_episode(act, loaded.env_config, seed, max_steps=max_steps)
+    return checkpoint.name, mode, seed, result.ret, result.tiles_missed
+
+
+def score_rows(checkpoints: list[Path], episodes: int, workers: int,
+               max_steps: int | None = None) -> list[dict[str, object]]:
+    """Per checkpoint: deterministic and noisy returns and tiles missed on the same `episodes` tracks."""
+    seeds = range(FIRST_EVAL_SEED, FIRST_EVAL_SEED + episodes)
+    tasks = [(path, mode, seed, max_steps)
+             for path in checkpoints for mode in ("deterministic", "noisy") for seed in seeds]
+    with Pool(workers) as pool:
+        done = pool.map(episode, tasks)
+    rows = []
+    for path in checkpoints:
+        row: dict[str, object] = {"checkpoint": path.name}
+        for mode in ("deterministic", "noisy"):
+            mine = [d for d in done if d[0] == path.name and d[1] == mode]
+            row[mode] = {"returns": [round(d[3], 1) for d in mine], "tiles_missed": [d[4] for d in mine]}
+        rows.append(row)
+    return rows
+
+
+def print_scores(rows: list[dict[str, object]]) -> None:
+    print("checkpoint | deterministic: mean ± std (median tiles missed) | with training noise | noisy / deterministic")
+    for row in rows:
+        det, noisy = (np.array(row[m]["returns"]) for m in ("deterministic", "noisy"))
+        missed = [int(np.median(row[m]["tiles_missed"])) for m in ("deterministic", "noisy")]
+        print(f"{row['checkpoint']} | {det.mean():.1f} ± {det.std():.1f} ({missed[0]}) | "
+              f"{noisy.mean():.1f} ± {noisy.std():.1f} ({missed[1]}) | {noisy.mean() / det.mean():.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a `distracer train` run directory (with checkpoints/)")
     parser.add_argument("--frames", type=int, default=800, help="agent steps of the episode observed")
     parser.add_argument("--seed", type=int, default=1_001_000_999, help="the episode's track (an eval seed)")
+    parser.add_argument("--episodes", type=int, default=0,
+                        help="also score each checkpoint on this many tracks, deterministic and noisy (0: don't)")
+    parser.add_argument("--only", nargs="+", default=None, help="checkpoint names to keep (default: all)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for --episodes")
     args = parser.parse_args(argv)
+    if args.episodes < 0 or args.workers < 1:
+        raise SystemExit("policy_noise: --episodes must be >= 0 and --workers >= 1")
     checkpoints = list_checkpoints(args.run_dir / "checkpoints")
+    if args.only:
+        missing = set(args.only) - {p.name for p in checkpoints}
+        if missing:
+            raise SystemExit(f"policy_noise: no checkpoint(s) {sorted(missing)} under {str(args.run_dir)!r}")
+        checkpoints = [p for p in checkpoints if p.name in args.only]
     if not checkpoints:
         raise SystemExit(f"policy_noise: no checkpoints under {str(args.run_dir / 'checkpoints')!r}")
     obs = observations(checkpoints[-1], args.seed, args.frames)
@@ -71,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"{row['checkpoint']} | {row['latent_norm']:.3f} | {row['exp_log_std']} | {row['action_std']} | "
               f"{row['abs_action_mean']}")
-    print(json.dumps({"run_dir": str(args.run_dir), "seed": args.seed, "rows": rows}))
+    scores = score_rows(checkpoints, args.episodes, args.workers) if args.episodes else []
+    if scores:
+        print_scores(scores)
+    print(json.dumps({"run_dir": str(args.run_dir), "seed": args.seed, "rows": rows, "scores": scores}))
     return 0
 
 
