@@ -364,3 +364,9 @@ def test_every_recipe_is_a_valid_config():
     # Every 15-minute snapshot of the budget survives pruning: no step checkpoints counting against `keep`.
     ckpt = config.checkpoint
     assert ckpt.every_env_steps > config.total_env_steps and ckpt.keep * ckpt.every_minutes >= config.max_minutes
+    # The `ppo` default trains with the skip penalty (ppo_gaussian_skip, measured); every recipe measured before it
+    # became the default keeps it off, so re-running one measures what was measured.
+    assert configs["ppo"].env.skip_penalty == configs["ppo_gaussian_skip"].env.skip_penalty == -20.0
+    assert configs["ppo"].ppo.use_sde == configs["ppo_gaussian_skip"].ppo.use_sde is False
+    for name in ("ppo_gaussian", "ppo_gaussian_budget_lr", "ppo_gaussian_ar4", "ppo_gsde", "ppo_laptop"):
+        assert configs[name].env.skip_penalty == 0.0, name
