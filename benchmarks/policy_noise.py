@@ -103,7 +103,7 @@ def score_rows(checkpoints: list[Path], episodes: int, workers: int,
         row: dict[str, object] = {"checkpoint": path.name}
         for mode in ("deterministic", "noisy"):
             mine = [d for d in done if d[0] == path.name and d[1] == mode]
-            row[mode] = {"returns": [round(d[3], 1) for d in mine], "tiles_missed": [d[4] for d in mine]}
+            row[mode] = {"returns": [d[3] for d in mine], "tiles_missed": [d[4] for d in mine]}
         rows.append(row)
     return rows
 
