@@ -166,9 +166,9 @@ RECIPES: dict[str, Recipe] = {
     # the same agent steps/s. Does the car then learn more per minute? (Its one earlier run, 2026-11-29, was the
     # pre-Zoo recipe whose std collapsed at any repeat.) 3 seeds at 30 minutes: 732.4, within `ppo_gaussian`'s spread.
     "ppo_gaussian_ar4": Recipe(PPO_FILES, NO_SKIP + GAUSSIAN + ("env.action_repeat=4",)),
-    # `ppo` (Gaussian noise) starting from std exp(-3) = 0.05, not 0.135. The same checkpoints acted with their
-    # training noise (std ~0.12) scored above their deterministic selves on 3 of 5 checkpoints (691.7 -> 741.7 mean,
-    # fewer tiles missed; docs/RESULTS.md): a policy trained at a smaller std is closer to the one that is scored.
+    # `ppo_gaussian` starting from std exp(-3) = 0.05, not 0.135: a policy trained at a smaller std is closer to the
+    # deterministic one that is scored. Not run: `benchmarks/policy_noise.py --episodes 10` then found the training
+    # noise no steady part of the score (noisy ahead on 3 of 5 checkpoints, 706.8 against 691.7; docs/RESULTS.md).
     "ppo_gaussian_low_std": Recipe(PPO_FILES, NO_SKIP + ("ppo.use_sde=false", "ppo.log_std_init=-3.0")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
