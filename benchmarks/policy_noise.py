@@ -67,7 +67,8 @@ def noise_row(checkpoint: Path, obs: torch.Tensor) -> dict[str, object]:
 
 
 def noisy_act_fn(checkpoint: Path, seed: int):
-    """The checkpoint's policy acting with its training noise (Gaussian or gSDE), seeded by `seed`."""
+    """The checkpoint's policy acting with its training noise, seeded by `seed`. Gaussian noise is as in training;
+    gSDE draws fresh noise matrices every step here (`PPOPolicy.act`), not every `sde_sample_freq` steps."""
     learner, _, _ = learner_from_checkpoint(checkpoint)
     policy = learner.policy
     policy.set_seed(seed)
