@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from learning import eval_seeds
 
+from distracer.algos import build_policy
+from distracer.algos.base import PolicyWeights
 from distracer.checkpoint import learner_from_checkpoint, list_checkpoints
 from distracer.envs import make_env
 from distracer.evaluate import distracer_act_fn, load_for_evaluation, run_episode
-
-FIRST_EVAL_SEED = 1_001_000_000
-"""The first of benchmarks/learning.py's snapshot-scoring seeds (disjoint from training's)."""
 
 
 def observations(checkpoint: Path, seed: int, agent_steps: int) -> torch.Tensor:
@@ -66,11 +66,10 @@ def noise_row(checkpoint: Path, obs: torch.Tensor) -> dict[str, object]:
                 "abs_action_mean": [round(float(x), 4) for x in head.out.abs().mean(0)]}
 
 
-def noisy_act_fn(checkpoint: Path, seed: int):
-    """The checkpoint's policy acting with its training noise, seeded by `seed`. Gaussian noise is as in training;
-    gSDE draws fresh noise matrices every step here (`PPOPolicy.act`), not every `sde_sample_freq` steps."""
-    learner, _, _ = learner_from_checkpoint(checkpoint)
-    policy = learner.policy
+def noisy_act_fn(weights: PolicyWeights, seed: int):
+    """The policy acting with its training noise, seeded by `seed`. Gaussian noise is as in training; gSDE draws
+    fresh noise matrices every step here (`PPOPolicy.act`), not every `sde_sample_freq` steps."""
+    policy = build_policy(weights, device="cpu")
     policy.set_seed(seed)
 
     def act(obs: np.ndarray) -> np.ndarray:
@@ -86,7 +85,8 @@ def episode(task: tuple[Path, str, int, int | None]) -> tuple[str, str, int, flo
     checkpoint, mode, seed, max_steps = task
     torch.set_num_threads(1)
     loaded = load_for_evaluation(checkpoint)
-    act = distracer_act_fn(loaded.source.weights) if mode == "deterministic" else noisy_act_fn(checkpoint, seed)
+    weights = loaded.source.weights
+    act = distracer_act_fn(weights) if mode == "deterministic" else noisy_act_fn(weights, seed)
     result = run_episode(act, loaded.env_config, seed, max_steps=max_steps)
     return checkpoint.name, mode, seed, result.ret, result.tiles_missed
 
@@ -94,7 +94,7 @@ def episode(task: tuple[Path, str, int, int | None]) -> tuple[str, str, int, flo
 def score_rows(checkpoints: list[Path], episodes: int, workers: int,
                max_steps: int | None = None) -> list[dict[str, object]]:
     """Per checkpoint: deterministic and noisy returns and tiles missed on the same `episodes` tracks."""
-    seeds = range(FIRST_EVAL_SEED, FIRST_EVAL_SEED + episodes)
+    seeds = eval_seeds(episodes)
     tasks = [(path, mode, seed, max_steps)
              for path in checkpoints for mode in ("deterministic", "noisy") for seed in seeds]
     with Pool(workers) as pool:

@@ -27,9 +27,10 @@ def ppo_run(tmp_path_factory) -> Path:
 def test_noisy_acting_is_seeded_and_differs_from_the_deterministic_policy(ppo_run):
     checkpoint = sorted((ppo_run / "checkpoints").iterdir())[0]
     obs = np.zeros((2, 64, 64), np.uint8)  # 2 stacked 64x64 frames, channel-first
-    deterministic = distracer_act_fn(load_for_evaluation(checkpoint).source.weights)(obs)
-    first = [policy_noise.noisy_act_fn(checkpoint, seed=5)(obs) for _ in range(2)]
-    other = policy_noise.noisy_act_fn(checkpoint, seed=6)(obs)
+    weights = load_for_evaluation(checkpoint).source.weights
+    deterministic = distracer_act_fn(weights)(obs)
+    first = [policy_noise.noisy_act_fn(weights, seed=5)(obs) for _ in range(2)]
+    other = policy_noise.noisy_act_fn(weights, seed=6)(obs)
     np.testing.assert_array_equal(first[0], first[1])
     assert not np.array_equal(first[0], other)
     assert not np.allclose(first[0], deterministic)
