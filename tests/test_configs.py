@@ -292,3 +292,10 @@ def test_env_switch_changes_training_rules_only_and_is_checked_before_anything_s
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(None, sets)
+
+
+def test_the_log_std_ceiling_is_checked_against_the_action_space_before_anything_starts():
+    config = load_config(["tune_configs/ppo.yaml"], ["ppo.log_std_final=-3.5"])
+    assert config.ppo.log_std_final == -3.5 and config.ppo.log_std_init == -2.0
+    with pytest.raises(ConfigError, match="env.action_space=discrete has none"):
+        load_config(["tune_configs/ppo.yaml"], ["ppo.log_std_final=-3.5", "env.action_space=discrete"])

@@ -265,6 +265,38 @@ def test_budget_horizon_ends_the_schedule_with_the_time_budget():
     assert learner.update(rollout, budget_used=0.9)["learning_rate"] == pytest.approx(3e-4)
 
 
+def test_log_std_ceiling_falls_with_the_schedule_and_travels_with_the_weights():
+    # log_std_final: a ceiling on log_std from log_std_init (-2) to -3 over 4 updates, applied after each update.
+    learner, rollout = learner_and_rollout(use_sde=False, log_std_init=-2.0, log_std_final=-3.0, lr_schedule="linear",
+                                           total_updates=4, n_epochs=1)
+    ceilings = []
+    for _ in range(5):
+        learner.update(rollout)
+        ceilings.append(learner.log_std_ceiling())
+        assert float(learner.policy.log_std.detach().max()) <= ceilings[-1] + 1e-7
+    assert ceilings == pytest.approx([-2.25, -2.5, -2.75, -3.0, -3.0])  # flat once the schedule has ended
+    assert learner.policy.log_std.detach().numpy() == pytest.approx([-3.0, -3.0])  # learned -2.x, held down
+    # the workers' policy is built from the published weights, so it explores with the bounded std
+    worker = build_policy(learner.policy_weights())
+    assert torch.equal(worker.log_std, learner.policy.log_std)
+    # under lr_horizon=budget the time budget moves the ceiling too, as it moves the learning rate
+    learner, rollout = learner_and_rollout(use_sde=False, log_std_init=-2.0, log_std_final=-3.0, total_updates=100,
+                                           n_epochs=1, lr_horizon="budget")
+    learner.update(rollout, budget_used=0.5)
+    assert learner.log_std_ceiling(0.5) == pytest.approx(-2.5)
+    assert float(learner.policy.log_std.detach().max()) <= -2.5 + 1e-7
+
+
+def test_log_std_ceiling_off_by_default_and_refused_where_it_cannot_bound():
+    learner, rollout = learner_and_rollout(use_sde=False, log_std_init=-2.0, total_updates=4, lr_schedule="linear")
+    assert learner.log_std_ceiling() is None
+    for bad, needle in [(dict(use_sde=False, log_std_final=-1.0), "<= ppo.log_std_init"),
+                        (dict(use_sde=False, log_std_final=float("nan")), "finite"),
+                        (dict(use_sde=True, log_std_final=-3.0), "use_sde=false")]:
+        with pytest.raises(ConfigError, match=needle):
+            small_config(log_std_init=-2.0, **bad).validate()
+
+
 LAYOUTS = {
     # SB3 CnnPolicy's defaults: the action and value layers on the CNN features, state-independent std.
     "plain": (dict(net_arch_pi=(), net_arch_vf=(), activation="tanh", use_sde=False), {}),

@@ -84,6 +84,14 @@ class PPOConfig:
     log_std_init: float = -2.0
     """Initial log std of the Gaussian policy, or of gSDE's noise weights (RL Zoo: -2). Std 1 (SB3's default 0)
     on [-1, 1] controls clips a third of samples and brakes hard one step in six. Continuous actions only."""
+    log_std_final: float | None = None
+    """Gaussian noise only (`use_sde: false`): a ceiling on `log_std` that falls linearly from `log_std_init` to
+    this over the learning-rate schedule's horizon (the same position: `total_updates`, or the time budget under
+    `lr_horizon: budget`), applied to the parameter after every update; null = off (`log_std` free, as SB3).
+    Why: the score is the mean action's, but training acts with noise, and CarRacing brakes far harder per unit
+    than it accelerates, so noise around a small positive accel slows the car on its own: the noisy policy takes
+    corners that its mean, driving faster, spins out of (docs/RESULTS.md, "The mean action drives faster").
+    A falling ceiling makes the controller trained late the one that is scored."""
     ortho_init: bool = False
     """SB3's orthogonal init: gain sqrt(2) for the CNN, 0.01 for action_net, 1 for value_net, zero biases."""
     features_dim: int = 512
@@ -159,6 +167,13 @@ class PPOConfig:
                 raise ConfigError(f"ppo.{name}={getattr(self, name)} must be >= 0")
         if not math.isfinite(self.log_std_init):
             raise ConfigError(f"ppo.log_std_init={self.log_std_init} must be finite")
+        if self.log_std_final is not None:
+            if not math.isfinite(self.log_std_final) or self.log_std_final > self.log_std_init:
+                raise ConfigError(f"ppo.log_std_final={self.log_std_final} must be finite and <= ppo.log_std_init="
+                                  f"{self.log_std_init} (a ceiling that falls), or null for none")
+            if self.use_sde:
+                raise ConfigError("ppo.log_std_final needs ppo.use_sde=false: gSDE's std is its latent's norm times "
+                                  "exp(log_std), so a ceiling on log_std does not bound it")
         for name in ("net_arch_pi", "net_arch_vf"):
             if any(width < 1 for width in getattr(self, name)):
                 raise ConfigError(f"ppo.{name}={list(getattr(self, name))}: every layer width must be >= 1")

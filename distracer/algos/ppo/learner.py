@@ -83,17 +83,36 @@ class PPOLearner(Learner):
         if "reward_normalizer" in state:
             self.reward_normalizer.load_state_dict(state["reward_normalizer"])
 
+    def schedule_position(self, budget_used: float = 0.0) -> float:
+        """How far along the schedules are, 0 to 1: updates done / `total_updates`, or under
+        `lr_horizon='budget'` the larger of that and `budget_used` (the fraction of the run's time budget spent;
+        the runtime passes elapsed / max_minutes)."""
+        cfg = self.config
+        position = self.schedule_step / cfg.total_updates if cfg.total_updates else 0.0
+        if cfg.lr_horizon == "budget":
+            position = max(position, budget_used)
+        return min(1.0, position)
+
     def current_lr(self, budget_used: float = 0.0) -> float:
-        """The learning rate of the next update. `budget_used`: the fraction of the run's time budget spent (0 to
-        1; the runtime passes elapsed / max_minutes), which ends a linear schedule early under
-        `lr_horizon='budget'`."""
+        """The learning rate of the next update (`budget_used` as in `schedule_position`)."""
         cfg = self.config
         if cfg.lr_schedule == "linear":
-            position = self.schedule_step / cfg.total_updates
-            if cfg.lr_horizon == "budget":
-                position = max(position, budget_used)
-            return cfg.learning_rate * max(0.0, 1.0 - position)
+            return cfg.learning_rate * (1.0 - self.schedule_position(budget_used))
         return cfg.learning_rate
+
+    def log_std_ceiling(self, budget_used: float = 0.0) -> float | None:
+        """`ppo.log_std_final`'s ceiling on log_std after the next update: linear in the schedule's position from
+        `log_std_init` to `log_std_final`; None when off."""
+        cfg = self.config
+        if cfg.log_std_final is None:
+            return None
+        return cfg.log_std_init + (cfg.log_std_final - cfg.log_std_init) * self.schedule_position(budget_used)
+
+    def _apply_log_std_ceiling(self, budget_used: float) -> None:
+        ceiling = self.log_std_ceiling(budget_used)
+        if ceiling is not None and self.policy.continuous:
+            with torch.no_grad():
+                self.policy.log_std.clamp_(max=ceiling)
 
     # ----- the update -----
     def _snapshot(self) -> dict[str, Any]:
@@ -145,6 +164,7 @@ class PPOLearner(Learner):
             raise
         self.num_updates += 1
         self.schedule_step += 1
+        self._apply_log_std_ceiling(budget_used)
         return metrics
 
     def _update(self, rollout: Rollout, lr: float) -> dict[str, float]:
