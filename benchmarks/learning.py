@@ -167,13 +167,14 @@ RECIPES: dict[str, Recipe] = {
     # pre-Zoo recipe whose std collapsed at any repeat.) 3 seeds at 30 minutes: 732.4, within `ppo_gaussian`'s spread.
     "ppo_gaussian_ar4": Recipe(PPO_FILES, NO_SKIP + GAUSSIAN + ("env.action_repeat=4",)),
     # `ppo_gaussian` starting from std exp(-3) = 0.05, not 0.135: a policy trained at a smaller std is closer to the
-    # deterministic one that is scored. Not run: `benchmarks/policy_noise.py --episodes 10` then found the training
-    # noise no steady part of the score (noisy ahead on 3 of 5 checkpoints, 706.8 against 691.7; docs/RESULTS.md).
+    # deterministic one that is scored. Not run. (On `ppo_gaussian` checkpoints the noise was no steady part of the
+    # score; on `ppo_gaussian_skip`'s it was, 853.0 noisy against 730.8; the falling ceiling, `ppo_std_decay`, failed.)
     "ppo_gaussian_low_std": Recipe(PPO_FILES, NO_SKIP + ("ppo.use_sde=false", "ppo.log_std_init=-3.0")),
     # `ppo` (the skip-penalty default) with a ceiling on log_std falling from -2 to -3.5 (std 0.135 -> 0.03) over the
     # schedule: the deterministic 30-minute policy of `ppo_gaussian_skip` seed 1 drove faster than its noisy self
     # (max speed 85-90 against 77-78 on the same tracks) and spun out where the noisy one finished laps; at 30
     # minutes the ceiling is about -3.0 (std 0.05), so the controller trained late is nearer the one scored.
+    # 3 seeds at 30 minutes: 722.8, below `ppo_gaussian_skip`'s 743.3 (docs/RESULTS.md): failed.
     "ppo_std_decay": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.log_std_final=-3.5")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
