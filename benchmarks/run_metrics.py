@@ -23,7 +23,8 @@ WANTED = ("system/env_steps_per_s", "system/updates_per_s",
           # Fractions of wall-clock the learner updated / the workers collected; the rest is time waiting.
           "system/learner_busy", "system/workers_busy", "train/episode_return", "train/episode_length",
           "learner/approx_kl",
-          "learner/clip_fraction", "learner/std", "learner/entropy", "learner/explained_variance",
+          "learner/clip_fraction", "learner/std", "learner/std_steer", "learner/std_accel",
+          "learner/entropy", "learner/explained_variance",
           "learner/learning_rate", "learner/lr",  # learner/lr: the name in runs recorded before the rename
           "learner/critic_loss", "learner/alpha", "learner/loss", "learner/epsilon", "learner/q_mean",
           # PPO: epochs run per update (of n_epochs) and whether target_kl stopped it; the learner's turn, so

@@ -250,9 +250,11 @@ class TrainConfig:
         if algo.action_space is not None and self.env.action_space != algo.action_space:
             raise ConfigError(f"algo={self.algo} needs {algo.action_space} actions; "
                               f"set env.action_space={algo.action_space}")
-        if self.algo == "ppo" and self.env.action_space == "discrete" and self.ppo.log_std_final is not None:
-            raise ConfigError("ppo.log_std_final bounds a Gaussian's std; env.action_space=discrete has none "
-                              "(set it to null, or train continuous actions)")
+        if self.algo == "ppo" and self.env.action_space == "discrete":
+            for name in ("log_std_final", "accel_log_std_init"):
+                if getattr(self.ppo, name) is not None:
+                    raise ConfigError(f"ppo.{name} sets a Gaussian's std; env.action_space=discrete has none "
+                                      "(set it to null, or train continuous actions)")
         if algo.off_policy and self.replay.num_shards > self.resources.num_workers:
             raise ConfigError(f"replay.num_shards={self.replay.num_shards} exceeds resources.num_workers="
                               f"{self.resources.num_workers}; each shard needs a worker writing to it")

@@ -299,3 +299,6 @@ def test_the_log_std_ceiling_is_checked_against_the_action_space_before_anything
     assert config.ppo.log_std_final == -3.5 and config.ppo.log_std_init == -2.0
     with pytest.raises(ConfigError, match="env.action_space=discrete has none"):
         load_config(["tune_configs/ppo.yaml"], ["ppo.log_std_final=-3.5", "env.action_space=discrete"])
+    with pytest.raises(ConfigError, match="ppo.accel_log_std_init sets a Gaussian's std"):
+        load_config(["tune_configs/ppo.yaml"], ["ppo.accel_log_std_init=-3", "env.action_space=discrete"])
+    assert load_config(["tune_configs/ppo.yaml"], ["ppo.accel_log_std_init=-3"]).ppo.accel_log_std_init == -3.0

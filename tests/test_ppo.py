@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import gymnasium as gym
 import numpy as np
@@ -295,6 +296,26 @@ def test_log_std_ceiling_off_by_default_and_refused_where_it_cannot_bound():
                         (dict(use_sde=True, log_std_final=-3.0), "use_sde=false")]:
         with pytest.raises(ConfigError, match=needle):
             small_config(log_std_init=-2.0, **bad).validate()
+
+
+def test_accel_noise_starts_at_its_own_std_and_is_learned_from_there():
+    # accel_log_std_init: the accel column of log_std starts at -3, steering's at log_std_init; both then learn.
+    learner, rollout = learner_and_rollout(use_sde=False, log_std_init=-2.0, accel_log_std_init=-3.0, n_epochs=1)
+    assert learner.policy.log_std.detach().numpy() == pytest.approx([-2.0, -3.0])
+    metrics = learner.update(rollout)
+    assert metrics["std_steer"] == pytest.approx(math.exp(-2.0), rel=0.05)
+    assert metrics["std_accel"] == pytest.approx(math.exp(-3.0), rel=0.05)
+    assert not torch.equal(learner.policy.log_std.detach(), torch.tensor([-2.0, -3.0]))  # a parameter, learned
+    assert torch.equal(build_policy(learner.policy_weights()).log_std, learner.policy.log_std)  # workers explore so
+    # gSDE: the accel column of the (latent, 2) noise weights
+    learner, _ = learner_and_rollout(use_sde=True, log_std_init=-2.0, accel_log_std_init=-3.5)
+    assert set(learner.policy.log_std.detach()[:, 1].tolist()) == {-3.5}
+    assert set(learner.policy.log_std.detach()[:, 0].tolist()) == {-2.0}
+    # off (null): both controls start at log_std_init
+    learner, _ = learner_and_rollout(use_sde=False, log_std_init=-2.0)
+    assert learner.policy.log_std.detach().numpy() == pytest.approx([-2.0, -2.0])
+    with pytest.raises(ConfigError, match="accel_log_std_init=inf must be finite"):
+        small_config(accel_log_std_init=float("inf")).validate()
 
 
 LAYOUTS = {

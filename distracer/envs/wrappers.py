@@ -40,13 +40,16 @@ class DiscreteActions(gym.ActionWrapper):
         return DISCRETE_ACTIONS[index].copy()
 
 
+STEER, ACCEL = 0, 1  # the columns of a continuous [steer, accel] action
+
+
 def steer_accel_to_native(action: np.ndarray) -> np.ndarray:
     """[steer, accel] in [-1, 1]^2 -> [steer, gas, brake] with gas=max(accel,0), brake=max(-accel,0).
 
     One accel axis means the agent can never press gas and brake at once.
     """
     action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
-    steer, accel = action[..., 0], action[..., 1]
+    steer, accel = action[..., STEER], action[..., ACCEL]
     return np.stack([steer, np.maximum(accel, 0.0), np.maximum(-accel, 0.0)], axis=-1).astype(np.float32)
 
 

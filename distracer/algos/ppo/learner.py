@@ -25,6 +25,7 @@ from distracer.algos.ppo.advantages import ReturnNormalizer, compute_gae, explai
 from distracer.algos.ppo.config import PPOConfig
 from distracer.algos.ppo.policy import PPOPolicy
 from distracer.algos.ppo.rollout import Rollout
+from distracer.envs.wrappers import ACCEL, STEER
 from distracer.errors import ConfigError
 
 
@@ -47,6 +48,7 @@ class PPOLearner(Learner):
         with torch.random.fork_rng(devices=[]):  # CPU RNG only; the CUDA RNG is left alone
             torch.default_generator.manual_seed(seed)
             self.policy = PPOPolicy(**self.policy_spec()).to(self.device)
+        self._init_accel_log_std()
         self.policy.generator = self.generator
         # Fused Adam (CPU and CUDA): one kernel per step instead of several per parameter tensor (~6 ms a
         # minibatch step less on one CPU core for the 1.7M-parameter NatureCNN; benchmarks/learner_speed.py).
@@ -54,6 +56,17 @@ class PPOLearner(Learner):
                                           fused=True)
         self.reward_normalizer = ReturnNormalizer(config.gamma, config.reward_norm_epsilon, config.reward_clip)
         self.schedule_step = 0  # update() calls the lr schedule has advanced by
+
+    def _init_accel_log_std(self) -> None:
+        """`ppo.accel_log_std_init`: the accel control's column of `log_std` (shape (2,), or gSDE's (L, 2)).
+        Only the learner's fresh policy: workers and checkpoints take the parameter's values, not the spec."""
+        value = self.config.accel_log_std_init
+        if value is None or not self.policy.continuous:
+            return
+        if self.action_spec.n != 2:
+            raise ConfigError(f"ppo.accel_log_std_init needs 2-D [steer, accel] actions, not {self.action_spec.n}-D")
+        with torch.no_grad():
+            self.policy.log_std[..., ACCEL] = value
 
     def policy_spec(self) -> dict[str, Any]:
         return {
@@ -215,6 +228,9 @@ class PPOLearner(Learner):
             metrics["reward_scale"] = self.reward_normalizer.scale
         if self.policy.continuous:
             metrics["std"] = self.policy.action_std(head)  # of the last minibatch: the exploration scale
+            if self.action_spec.n == 2:  # [steer, accel]: each control's noise, which accel_log_std_init splits
+                stds = self.policy.distribution(head).stddev.detach().mean(0)
+                metrics["std_steer"], metrics["std_accel"] = float(stds[STEER]), float(stds[ACCEL])
         return metrics
 
     def _prepare(self, rollout: Rollout) -> _UpdateData:
