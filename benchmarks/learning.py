@@ -176,11 +176,11 @@ RECIPES: dict[str, Recipe] = {
     # minutes the ceiling is about -3.0 (std 0.05), so the controller trained late is nearer the one scored.
     # 3 seeds at 30 minutes: 722.8, below `ppo_gaussian_skip`'s 743.3 (docs/RESULTS.md): failed.
     "ppo_std_decay": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.log_std_final=-3.5")),
-    # `ppo` (the skip-penalty default) with the accel control's noise started at std exp(-3) = 0.05, steering's at
-    # 0.135 (`ppo.accel_log_std_init`). Zero-mean noise on accel brakes more than it drives (the brake is ~3x the
-    # gas at speed), so the noisy car coasts through corners slower than its mean action, the scored controller,
-    # which spins out there (853.0 noisy against 730.8 by the mean). `ppo_std_decay` cut both controls' noise
-    # late and lost training return; this keeps steering's exploration and makes the trained car the scored one.
+    # `ppo` (the skip-penalty default) with the accel control's noise started at std exp(-3) = 0.05, steering's at 0.135
+    # (`ppo.accel_log_std_init`). Zero-mean noise on accel brakes more than it drives (the brake is several times the
+    # gas at speed), so the noisy car coasts through corners slower than its mean action, the scored controller, which
+    # spins out there (853.0 noisy against 730.8 by the mean). `ppo_std_decay` cut both controls' noise late and lost
+    # training return; this keeps steering's exploration and makes the trained car the scored one.
     "ppo_accel_std": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.

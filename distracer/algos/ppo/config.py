@@ -85,14 +85,14 @@ class PPOConfig:
     """Initial log std of the Gaussian policy, or of gSDE's noise weights (RL Zoo: -2). Std 1 (SB3's default 0)
     on [-1, 1] controls clips a third of samples and brakes hard one step in six. Continuous actions only."""
     accel_log_std_init: float | None = None
-    """Gaussian noise on 2-D `[steer, accel]` actions: the initial log std of the accel control's noise alone
-    (steering keeps `log_std_init`); null = `log_std_init` for both. PPO learns each control's log std from there.
-    Why: CarRacing's brake is far stronger than its gas at speed (a wheel loses 15 x brake rad/s a frame and
-    gains about 500 x gas / (omega + 5), ~5 x gas at 90 rad/s), so zero-mean noise on accel near 0 brakes more than
-    it drives: a car coasting through a corner with std 0.11 loses about a quarter of its speed a second, its mean
-    action none. The policy learns the corner speeds of the noisy car and its mean (the scored controller) takes
-    them too fast (docs/RESULTS.md, "The mean action drives worse"). Less accel noise makes the two cars alike
-    while steering keeps exploring."""
+    """Gaussian noise on 2-D `[steer, accel]` actions: the initial log std of the accel control's noise alone (steering
+    keeps `log_std_init`); null = `log_std_init` for both. PPO learns each control's log std from there. Why:
+    CarRacing's brake is far stronger than its gas at speed (car_dynamics: a braked wheel loses 15 x brake rad/s a
+    frame, all 4 wheels; a driven one gains 500 x gas / (omega + 5), ~5 x gas at 90 rad/s, the 2 rear wheels; gas rises
+    at most 0.1 a frame but drops at once), so zero-mean noise on accel near 0 brakes more than it drives: a car
+    coasting through a corner slows down with the noise and not by its mean action. The policy learns the corner speeds
+    of the noisy car and its mean (the scored controller) takes them too fast (docs/RESULTS.md, "The mean action drives
+    worse"). Less accel noise makes the two cars alike while steering keeps exploring."""
     log_std_final: float | None = None
     """Gaussian noise only (`use_sde: false`): a ceiling on `log_std` that falls linearly from `log_std_init` to
     this over the learning-rate schedule's horizon (the same position: `total_updates`, or the time budget under
