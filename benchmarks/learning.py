@@ -182,6 +182,12 @@ RECIPES: dict[str, Recipe] = {
     # spins out there (853.0 noisy against 730.8 by the mean). `ppo_std_decay` cut both controls' noise late and lost
     # training return; this keeps steering's exploration and makes the trained car the scored one.
     "ppo_accel_std": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0")),
+    # `ppo_accel_std` without the KL early stop (`ppo.target_kl=null`): the policy's KL over an accel mean step grows
+    # as 1/std^2, 7.3x at std 0.05 against 0.135, and seed 2 of `ppo_accel_std` stopped every update at target_kl
+    # after 1.2-1.7 of its 10 epochs for its first 250k agent steps, learning nothing (its seed 1, which did full
+    # epochs from 100k on, scored 874.3 at 30 minutes). A probe of that failure, not a candidate default yet.
+    "ppo_accel_std_no_kl": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0",
+                                                         "ppo.target_kl=null")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
     "ppo_sde_unit": Recipe(PPO_FILES, NO_SKIP + ("ppo.use_sde=true", "ppo.sde_unit_latent=true",
