@@ -180,11 +180,13 @@ RECIPES: dict[str, Recipe] = {
     # (`ppo.accel_log_std_init`). Zero-mean noise on accel brakes more than it drives (the brake is several times the
     # gas at speed), so the noisy car coasts through corners slower than its mean action, the scored controller, which
     # spins out there (853.0 noisy against 730.8 by the mean). `ppo_std_decay` cut both controls' noise late and lost
-    # training return; this keeps steering's exploration and makes the trained car the scored one.
+    # training return; this keeps steering's exploration and makes the trained car the scored one. 3 seeds at 30
+    # minutes: 874.3, 324.9, 889.1 = 696.1 (docs/RESULTS.md): seeds 1 and 3 the best 30-minute scores so far, seed 2
+    # stalled at the KL early stop for its first 200k-300k agent steps.
     "ppo_accel_std": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0")),
     # `ppo_accel_std` without the KL early stop (`ppo.target_kl=null`): the policy's KL over an accel mean step grows
     # as 1/std^2, 7.3x at std 0.05 against 0.135, and seed 2 of `ppo_accel_std` stopped every update at target_kl
-    # after 1.2-1.7 of its 10 epochs for its first 250k agent steps, learning nothing (its seed 1, which did full
+    # after 1.2-1.7 of its 10 epochs for its first 200k agent steps, learning nothing (its seed 1, which did full
     # epochs from 100k on, scored 874.3 at 30 minutes). A probe of that failure, not a candidate default yet.
     "ppo_accel_std_no_kl": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0",
                                                          "ppo.target_kl=null")),
