@@ -187,7 +187,8 @@ RECIPES: dict[str, Recipe] = {
     # `ppo_accel_std` without the KL early stop (`ppo.target_kl=null`): the policy's KL over an accel mean step grows
     # as 1/std^2, 7.3x at std 0.05 against 0.135, and seed 2 of `ppo_accel_std` stopped every update at target_kl
     # after 1.2-1.7 of its 10 epochs for its first 200k agent steps, learning nothing (its seed 1, which did full
-    # epochs from 100k on, scored 874.3 at 30 minutes). A probe of that failure, not a candidate default yet.
+    # epochs from 100k on, scored 874.3 at 30 minutes). A probe of that failure, not a candidate default yet. Seed 2:
+    # 734.1 at 10 minutes (the stall gone), 746.3 at 30; its first updates' KL exploded (docs/RESULTS.md).
     "ppo_accel_std_no_kl": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0",
                                                          "ppo.target_kl=null")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
