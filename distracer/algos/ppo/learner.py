@@ -227,9 +227,9 @@ class PPOLearner(Learner):
         if cfg.normalize_reward:
             metrics["reward_scale"] = self.reward_normalizer.scale
         if self.policy.continuous:
-            metrics["std"] = self.policy.action_std(head)  # of the last minibatch: the exploration scale
+            stds = self.policy.action_stds(head)  # of the last minibatch: the exploration scale
+            metrics["std"] = float(stds.mean())
             if self.action_spec.n == 2:  # [steer, accel]: each control's noise, which accel_log_std_init splits
-                stds = self.policy.distribution(head).stddev.detach().mean(0)
                 metrics["std_steer"], metrics["std_accel"] = float(stds[STEER]), float(stds[ACCEL])
         return metrics
 

@@ -184,9 +184,10 @@ class PPOPolicy(Policy):
         return self.value_net(latent_vf).squeeze(-1).float()
 
     @torch.no_grad()
-    def action_std(self, head: ActionHead) -> float:
-        """Mean std of the continuous action distribution over the batch (the exploration scale)."""
-        return float(self.distribution(head).stddev.mean().item())
+    def action_stds(self, head: ActionHead) -> torch.Tensor:
+        """Std of the continuous action distribution per control (dim,), float32, the batch's mean: the exploration
+        scale of each control (their mean is the overall scale, each control having one value per sample)."""
+        return self.distribution(head).stddev.detach().mean(0)
 
 
 SDE_EPSILON = 1e-6  # SB3 StateDependentNoiseDistribution's epsilon under the square root
