@@ -100,12 +100,16 @@ class Recipe:
 
 
 PPO_FILES = ("tune_configs/ppo.yaml", "tune_configs/cpu.yaml")
-GSDE = ("ppo.use_sde=true", "ppo.log_std_init=-1.5")
+GSDE = ("ppo.use_sde=true", "ppo.log_std_init=-1.5", "ppo.accel_log_std_init=null")
 """gSDE as tune_configs/ppo.yaml had it until Gaussian noise replaced it: the recipes below measured with it keep it."""
-GSDE_NARROW = ("ppo.use_sde=true", "ppo.log_std_init=-2.0")
+GSDE_NARROW = ("ppo.use_sde=true", "ppo.log_std_init=-2.0", "ppo.accel_log_std_init=null")
 """gSDE as tune_configs/ppo.yaml had it before `log_std_init: -1.5` (commit 378a88a), for the recipes measured then."""
-GAUSSIAN = ("ppo.use_sde=false", "ppo.log_std_init=-2.0")
-"""ppo.yaml's noise since 81e5766, pinned so the Gaussian recipes measure the same thing if that default moves."""
+GAUSSIAN = ("ppo.use_sde=false", "ppo.log_std_init=-2.0", "ppo.accel_log_std_init=null")
+"""ppo.yaml's noise from 81e5766 until accel's noise started smaller, pinned so the Gaussian recipes measure the same
+thing as when they were measured."""
+KL_STOP = ("ppo.target_kl=0.05",)
+"""The cpu preset's KL early stop (`ppo.target_kl: 0.05`, on from 2bf759a until the default turned it off with
+`ppo.accel_log_std_init: -3.0`): every recipe on PPO_FILES measured with it pins it."""
 NO_SKIP = ("env.skip_penalty=0",)
 """ppo.yaml without its skip penalty, as every recipe measured before the penalty became its default pins it."""
 
@@ -117,22 +121,22 @@ RECIPES: dict[str, Recipe] = {
                          NO_SKIP + GSDE_NARROW),
     # The `ppo` recipe up to the commit that made Gaussian noise its default (docs/RESULTS.md: `ppo` before then;
     # `ppo_wide_std` before the standstill rule's runs were renamed).
-    "ppo_gsde": Recipe(PPO_FILES, NO_SKIP + GSDE),
+    "ppo_gsde": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GSDE),
     # Candidate: the `cpu` recipe with training episodes of a stopped car ended after 100 frames, -100 (the env's
     # own penalty for leaving the playfield). Scores stay stock returns.
     # (As measured, before the standstill rule.)
-    "ppo_no_progress": Recipe(PPO_FILES, NO_SKIP + GSDE_NARROW + ("env.no_progress_frames=100",
+    "ppo_no_progress": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GSDE_NARROW + ("env.no_progress_frames=100",
                                                            "env.no_progress_penalty=-100",
                                                            "env.standstill_frames=0")),
     # The `cpu` recipe as it was before `env.standstill_frames: 100` joined tune_configs/ppo.yaml (the runs in
     # docs/RESULTS.md called `ppo` up to commit 4187c9c; `ppo_standstill` there is today's `ppo_narrow_std`).
-    "ppo_no_standstill": Recipe(PPO_FILES, NO_SKIP + GSDE_NARROW + ("env.standstill_frames=0",)),
+    "ppo_no_standstill": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GSDE_NARROW + ("env.standstill_frames=0",)),
     # The gSDE recipe as it was before `ppo.log_std_init: -1.5` joined tune_configs/ppo.yaml: RL Zoo's -2 (the
     # runs in docs/RESULTS.md called `ppo` up to commit 552999d; `ppo_wide_std` there is `ppo_gsde`).
-    "ppo_narrow_std": Recipe(PPO_FILES, NO_SKIP + GSDE_NARROW),
+    "ppo_narrow_std": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GSDE_NARROW),
     # `ppo_gsde` with its learning rate decayed to 0 over the run's time budget (--minutes) instead of over 600k
     # agent steps: does annealing to the budget, on a machine of any speed, give a better policy at the budget's end?
-    "ppo_budget_lr": Recipe(PPO_FILES, NO_SKIP + GSDE + ("ppo.lr_horizon=budget",)),
+    "ppo_budget_lr": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GSDE + ("ppo.lr_horizon=budget",)),
     # `ppo_budget_lr` in two phases (the standstill rule off for the last quarter of the budget, by `env_switch`) with
     # the skip penalty from the start: tune_configs/ppo_two_phase.yaml (gSDE, as measured), the long-budget recipe
     # users run. Its runs before that file existed passed `--set total_env_steps=5000000 --set env.skip_penalty=-20`.
@@ -140,42 +144,43 @@ RECIPES: dict[str, Recipe] = {
     # `ppo_gsde` with the standstill rule off for the last quarter of its budget (`env_switch`, as in ppo_two_phase):
     # late in its runs the rule ended 17-30% of training episodes as the return fell (docs/RESULTS.md, seed 3), so
     # does training on whole episodes at the end keep the peak? The budget is the further along of --minutes and 600k.
-    "ppo_late_whole": Recipe(PPO_FILES, NO_SKIP + GSDE + ("env_switch.at_budget=0.75",
+    "ppo_late_whole": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GSDE + ("env_switch.at_budget=0.75",
                                                           "env_switch.env.standstill_frames=0")),
     # `ppo_gsde` with rollouts of 256 steps per env (2,048 transitions) instead of 512: twice the updates per agent
     # step. On 2 cores the worker sets the pace (learner busy 33-49% in the first half, docs/RESULTS.md) and most
     # updates stop early at target_kl, so does updating twice as often learn more by 30 minutes?
-    "ppo_short_rollout": Recipe(PPO_FILES, NO_SKIP + GSDE + ("ppo.num_steps=256",)),
+    "ppo_short_rollout": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GSDE + ("ppo.num_steps=256",)),
     # `ppo_gsde` with independent Gaussian noise (std 0.135 per control) instead of gSDE: gSDE's action std is the
     # policy latent's norm times exp(log_std), and the latent's norm grew 0.42 -> 1.00 over the schedule while PPO
     # lowered log_std (0.21 -> 0.18): the std doubled (0.09 -> 0.18) against what the loss asked, as the score fell
     # at the schedule's end (docs/RESULTS.md). Here PPO sets the std itself. `ppo` since it held on 3 seeds.
-    "ppo_gaussian": Recipe(PPO_FILES, NO_SKIP + GAUSSIAN),
+    "ppo_gaussian": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GAUSSIAN),
     # `ppo_gaussian` with its learning rate decayed to 0 over the run's time budget (`ppo.lr_horizon=budget`): its 3
     # seeds rose from 30 minutes to the schedule's end (704.7 -> 828.9 mean, 600k agent steps, 45-47 minutes here)
     # as the rate fell, so does ending the decay at 30 minutes bring that rise into a 30-minute budget?
-    "ppo_gaussian_budget_lr": Recipe(PPO_FILES, NO_SKIP + GAUSSIAN + ("ppo.lr_horizon=budget",)),
+    "ppo_gaussian_budget_lr": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GAUSSIAN + ("ppo.lr_horizon=budget",)),
     # `ppo` (Gaussian noise) with the training-only skip penalty of ppo_two_phase (-20 once the car leaves tiles
     # unvisited behind it): its end checkpoints lost 12-18 points per episode over 100 to cut corners, laps that then
     # run to the time limit a few tiles short (docs/RESULTS.md). Scores stay stock returns. 3 seeds at 30 minutes:
     # 743.3 (704.7 without), so tune_configs/ppo.yaml trains with it since; `ppo` is this recipe now.
-    "ppo_gaussian_skip": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20",)),
+    "ppo_gaussian_skip": Recipe(PPO_FILES, KL_STOP + GAUSSIAN + ("env.skip_penalty=-20",)),
     # `ppo` (Gaussian noise) deciding every 4 frames, not 2. On 2 cores the worker sets the pace and spends ~75% of
     # its time drawing (a cProfile of collect_rollout, 8 envs: 3.6 of 4.8 s in `_render_state_pixels`, 3.5 ms per
     # agent step); the fast env draws only a repeat's last frame, so repeat 4 moves ~2x the frames per second at about
     # the same agent steps/s. Does the car then learn more per minute? (Its one earlier run, 2026-11-29, was the
     # pre-Zoo recipe whose std collapsed at any repeat.) 3 seeds at 30 minutes: 732.4, within `ppo_gaussian`'s spread.
-    "ppo_gaussian_ar4": Recipe(PPO_FILES, NO_SKIP + GAUSSIAN + ("env.action_repeat=4",)),
+    "ppo_gaussian_ar4": Recipe(PPO_FILES, KL_STOP + NO_SKIP + GAUSSIAN + ("env.action_repeat=4",)),
     # `ppo_gaussian` starting from std exp(-3) = 0.05, not 0.135: a policy trained at a smaller std is closer to the
     # deterministic one that is scored. Not run. (On `ppo_gaussian` checkpoints the noise was no steady part of the
     # score; on `ppo_gaussian_skip`'s it was, 853.0 noisy against 730.8; the falling ceiling, `ppo_std_decay`, failed.)
-    "ppo_gaussian_low_std": Recipe(PPO_FILES, NO_SKIP + ("ppo.use_sde=false", "ppo.log_std_init=-3.0")),
+    "ppo_gaussian_low_std": Recipe(PPO_FILES, KL_STOP + NO_SKIP + ("ppo.use_sde=false", "ppo.log_std_init=-3.0",
+                                                                   "ppo.accel_log_std_init=null")),
     # `ppo` (the skip-penalty default) with a ceiling on log_std falling from -2 to -3.5 (std 0.135 -> 0.03) over the
     # schedule: the deterministic 30-minute policy of `ppo_gaussian_skip` seed 1 drove faster than its noisy self
     # (max speed 85-90 against 77-78 on the same tracks) and spun out where the noisy one finished laps; at 30
     # minutes the ceiling is about -3.0 (std 0.05), so the controller trained late is nearer the one scored.
     # 3 seeds at 30 minutes: 722.8, below `ppo_gaussian_skip`'s 743.3 (docs/RESULTS.md): failed.
-    "ppo_std_decay": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.log_std_final=-3.5")),
+    "ppo_std_decay": Recipe(PPO_FILES, KL_STOP + GAUSSIAN + ("env.skip_penalty=-20", "ppo.log_std_final=-3.5")),
     # `ppo` (the skip-penalty default) with the accel control's noise started at std exp(-3) = 0.05, steering's at 0.135
     # (`ppo.accel_log_std_init`). Zero-mean noise on accel brakes more than it drives (the brake is several times the
     # gas at speed), so the noisy car coasts through corners slower than its mean action, the scored controller, which
@@ -183,18 +188,19 @@ RECIPES: dict[str, Recipe] = {
     # training return; this keeps steering's exploration and makes the trained car the scored one. 3 seeds at 30
     # minutes: 874.3, 324.9, 889.1 = 696.1 (docs/RESULTS.md): seeds 1 and 3 the best 30-minute scores so far, seed 2
     # stalled at the KL early stop for its first 200k-300k agent steps.
-    "ppo_accel_std": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0")),
+    "ppo_accel_std": Recipe(PPO_FILES, KL_STOP + GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0")),
     # `ppo_accel_std` without the KL early stop (`ppo.target_kl=null`): the policy's KL over an accel mean step grows
     # as 1/std^2, 7.3x at std 0.05 against 0.135, and seed 2 of `ppo_accel_std` stopped every update at target_kl
     # after 1.2-1.7 of its 10 epochs for its first 200k agent steps, learning nothing (its seed 1, which did full
-    # epochs from 100k on, scored 874.3 at 30 minutes). A probe of that failure, not a candidate default yet. Seed 2:
-    # 734.1 at 10 minutes (the stall gone), 746.3 at 30; its first updates' KL exploded (docs/RESULTS.md).
+    # epochs from 100k on, scored 874.3 at 30 minutes). 3 seeds at 30 minutes: 864.1, 725.5, 860.9 = 816.8 (the
+    # default then, `ppo_gaussian_skip`: 743.3), so it is the `ppo` default since: tune_configs/ppo.yaml sets
+    # accel's std, cpu.yaml's target_kl is off. Pinned here, so it stays what was measured if the default moves.
     "ppo_accel_std_no_kl": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0",
                                                          "ppo.target_kl=null")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
-    "ppo_sde_unit": Recipe(PPO_FILES, NO_SKIP + ("ppo.use_sde=true", "ppo.sde_unit_latent=true",
-                                                 "ppo.log_std_init=-2.3")),
+    "ppo_sde_unit": Recipe(PPO_FILES, KL_STOP + NO_SKIP + ("ppo.use_sde=true", "ppo.sde_unit_latent=true",
+                                                           "ppo.log_std_init=-2.3", "ppo.accel_log_std_init=null")),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)

@@ -370,3 +370,12 @@ def test_every_recipe_is_a_valid_config():
     assert configs["ppo"].ppo.use_sde == configs["ppo_gaussian_skip"].ppo.use_sde is False
     for name in ("ppo_gaussian", "ppo_gaussian_budget_lr", "ppo_gaussian_ar4", "ppo_gsde", "ppo_laptop"):
         assert configs[name].env.skip_penalty == 0.0, name
+    # The default starts accel's noise small and has no KL early stop (`ppo_accel_std_no_kl`, measured); every recipe
+    # measured before that keeps what it had: accel's noise as steering's, and the cpu preset's target_kl of the time.
+    assert (configs["ppo"].ppo.accel_log_std_init, configs["ppo"].ppo.target_kl) == (-3.0, None)
+    assert configs["ppo_accel_std_no_kl"] == configs["ppo"]
+    for name, config in configs.items():
+        if config.algo != "ppo" or name in ("ppo", "ppo_accel_std_no_kl"):
+            continue
+        assert config.ppo.accel_log_std_init == (-3.0 if name == "ppo_accel_std" else None), name
+        assert config.ppo.target_kl == (None if name == "ppo_laptop" else 0.05), name  # laptop.yaml never had one
