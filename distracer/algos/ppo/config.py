@@ -95,7 +95,7 @@ class PPOConfig:
     worse"). Less accel noise makes the two cars alike while steering keeps exploring. Mind `target_kl`: a mean
     step costs KL in 1/std^2, so at -3 each update reaches the limit 7.3x sooner on accel; at 30 minutes -3.0 scored
     874.3 and 889.1 on two seeds and stalled the third at about one epoch an update (324.9; docs/RESULTS.md). With no
-    `target_kl` it scored 816.8 over 3 seeds, and tune_configs/ppo.yaml sets it (the cpu preset's KL stop off)."""
+    `target_kl` it scored 817.9 over 3 seeds, and tune_configs/ppo.yaml sets it (the cpu preset's KL stop off)."""
     log_std_final: float | None = None
     """Gaussian noise only (`use_sde: false`): a ceiling on `log_std` that falls linearly from `log_std_init` to
     this over the learning-rate schedule's horizon (the same position: `total_updates`, or the time budget under
