@@ -104,7 +104,9 @@ GSDE = ("ppo.use_sde=true", "ppo.log_std_init=-1.5", "ppo.accel_log_std_init=nul
 """gSDE as tune_configs/ppo.yaml had it until Gaussian noise replaced it: the recipes below measured with it keep it."""
 GSDE_NARROW = ("ppo.use_sde=true", "ppo.log_std_init=-2.0", "ppo.accel_log_std_init=null")
 """gSDE as tune_configs/ppo.yaml had it before `log_std_init: -1.5` (commit 378a88a), for the recipes measured then."""
-GAUSSIAN = ("ppo.use_sde=false", "ppo.log_std_init=-2.0", "ppo.accel_log_std_init=null")
+GAUSSIAN_STD = ("ppo.use_sde=false", "ppo.log_std_init=-2.0")
+"""Independent Gaussian noise from std exp(-2): with accel's own std set, the accel-noise recipes below."""
+GAUSSIAN = GAUSSIAN_STD + ("ppo.accel_log_std_init=null",)
 """ppo.yaml's noise from 81e5766 until accel's noise started smaller, pinned so the Gaussian recipes measure the same
 thing as when they were measured."""
 KL_STOP = ("ppo.target_kl=0.05",)
@@ -188,15 +190,16 @@ RECIPES: dict[str, Recipe] = {
     # training return; this keeps steering's exploration and makes the trained car the scored one. 3 seeds at 30
     # minutes: 874.3, 324.9, 889.1 = 696.1 (docs/RESULTS.md): seeds 1 and 3 the best 30-minute scores so far, seed 2
     # stalled at the KL early stop for its first 200k-300k agent steps.
-    "ppo_accel_std": Recipe(PPO_FILES, KL_STOP + GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0")),
+    "ppo_accel_std": Recipe(PPO_FILES, KL_STOP + GAUSSIAN_STD + ("env.skip_penalty=-20",
+                                                                 "ppo.accel_log_std_init=-3.0")),
     # `ppo_accel_std` without the KL early stop (`ppo.target_kl=null`): the policy's KL over an accel mean step grows
     # as 1/std^2, 7.3x at std 0.05 against 0.135, and seed 2 of `ppo_accel_std` stopped every update at target_kl
     # after 1.2-1.7 of its 10 epochs for its first 200k agent steps, learning nothing (its seed 1, which did full
     # epochs from 100k on, scored 874.3 at 30 minutes). 3 seeds at 30 minutes: 864.1, 725.5, 864.2 = 817.9 (the
     # default then, `ppo_gaussian_skip`: 743.3), so it is the `ppo` default since: tune_configs/ppo.yaml sets
     # accel's std, cpu.yaml's target_kl is off. Pinned here, so it stays what was measured if the default moves.
-    "ppo_accel_std_no_kl": Recipe(PPO_FILES, GAUSSIAN + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0",
-                                                         "ppo.target_kl=null")),
+    "ppo_accel_std_no_kl": Recipe(PPO_FILES, GAUSSIAN_STD + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0",
+                                                             "ppo.target_kl=null")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
     "ppo_sde_unit": Recipe(PPO_FILES, KL_STOP + NO_SKIP + ("ppo.use_sde=true", "ppo.sde_unit_latent=true",
