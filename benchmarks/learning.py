@@ -200,6 +200,11 @@ RECIPES: dict[str, Recipe] = {
     # accel's std, cpu.yaml's target_kl is off. Pinned here, so it stays what was measured if the default moves.
     "ppo_accel_std_no_kl": Recipe(PPO_FILES, GAUSSIAN_STD + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0",
                                                              "ppo.target_kl=null")),
+    # `ppo_two_phase` (tune_configs/ppo_two_phase.yaml: lr to 0 over the budget, the standstill rule off for its last
+    # quarter) with the `ppo` default's noise and no KL early stop (`ppo_accel_std_no_kl`, 817.9 over 3 seeds at 30
+    # minutes) in place of gSDE and target_kl 0.05: does the default's noise carry the long-budget recipe to 900?
+    "ppo_two_phase_accel_std": Recipe(("tune_configs/ppo_two_phase.yaml",),
+                                      GAUSSIAN_STD + ("ppo.accel_log_std_init=-3.0", "ppo.target_kl=null")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
     "ppo_sde_unit": Recipe(PPO_FILES, KL_STOP + NO_SKIP + ("ppo.use_sde=true", "ppo.sde_unit_latent=true",

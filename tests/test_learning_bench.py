@@ -377,5 +377,10 @@ def test_every_recipe_is_a_valid_config():
     for name, config in configs.items():
         if config.algo != "ppo" or name in ("ppo", "ppo_accel_std_no_kl"):
             continue
+        if name == "ppo_two_phase_accel_std":  # the long-budget recipe with the default's noise, no KL stop
+            assert (config.ppo.accel_log_std_init, config.ppo.target_kl, config.ppo.use_sde) == (-3.0, None, False)
+            assert config.env_switch == configs["ppo_two_phase"].env_switch
+            assert config.ppo.lr_horizon == "budget"
+            continue
         assert config.ppo.accel_log_std_init == (-3.0 if name == "ppo_accel_std" else None), name
         assert config.ppo.target_kl == (None if name == "ppo_laptop" else 0.05), name  # laptop.yaml never had one
