@@ -203,6 +203,8 @@ RECIPES: dict[str, Recipe] = {
     # `ppo_two_phase` (tune_configs/ppo_two_phase.yaml: lr to 0 over the budget, the standstill rule off for its last
     # quarter) with the `ppo` default's noise and no KL early stop (`ppo_accel_std_no_kl`, 817.9 over 3 seeds at 30
     # minutes) in place of gSDE and target_kl 0.05: does the default's noise carry the long-budget recipe to 900?
+    # Seed 1, 60 minutes: 814.3 at 15, 730.8 at 30, 762.2 at 60, below the default's seed 1: failed (the rate, high
+    # for longer, moved the policy far without the KL guard: clip_fraction 0.41-0.44; docs/RESULTS.md).
     "ppo_two_phase_accel_std": Recipe(("tune_configs/ppo_two_phase.yaml",),
                                       GAUSSIAN_STD + ("ppo.accel_log_std_init=-3.0", "ppo.target_kl=null")),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
