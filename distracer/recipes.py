@@ -3,7 +3,7 @@
 A recipe is an algorithm config layered with a resources preset, both files in `tune_configs/`. On a machine
 with a CUDA GPU the default is SAC+DrQ (the sample-efficient learner, whose replay ratio a GPU sustains) with
 the laptop preset; without one it is PPO with the `cpu` preset: at 30 minutes on 2 cores ahead of SAC+DrQ and
-DQN (docs/RESULTS.md; it improves to its schedule's end, 34-85 minutes there, and `tune_configs/ppo_two_phase.yaml`
+DQN (docs/RESULTS.md; it holds to its schedule's end, 34-85 minutes there, and `tune_configs/ppo_two_phase.yaml`
 is the two-hour recipe). A
 user's explicit choice is kept; a CPU run of a learner-bound algorithm (SAC+DrQ, DQN) gets a one-line warning
 with the speed measured with the `cpu` preset.
