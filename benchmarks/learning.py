@@ -105,10 +105,12 @@ GSDE = ("ppo.use_sde=true", "ppo.log_std_init=-1.5", "ppo.accel_log_std_init=nul
 GSDE_NARROW = ("ppo.use_sde=true", "ppo.log_std_init=-2.0", "ppo.accel_log_std_init=null")
 """gSDE as tune_configs/ppo.yaml had it before `log_std_init: -1.5` (commit 378a88a), for the recipes measured then."""
 GAUSSIAN_STD = ("ppo.use_sde=false", "ppo.log_std_init=-2.0")
-"""Independent Gaussian noise from std exp(-2): with accel's own std set, the accel-noise recipes below."""
+"""Independent Gaussian noise from std exp(-2), accel's std left to the config: GAUSSIAN and ACCEL_STD set it."""
 GAUSSIAN = GAUSSIAN_STD + ("ppo.accel_log_std_init=null",)
 """ppo.yaml's noise from 81e5766 until accel's noise started smaller, pinned so the Gaussian recipes measure the same
 thing as when they were measured."""
+ACCEL_STD = GAUSSIAN_STD + ("ppo.accel_log_std_init=-3.0",)
+"""The `ppo` default's noise since 2026-12-06: steering's std exp(-2), accel's exp(-3) (`ppo.accel_log_std_init`)."""
 KL_STOP = ("ppo.target_kl=0.05",)
 """The cpu preset's KL early stop (`ppo.target_kl: 0.05`, on from 2bf759a until the default turned it off with
 `ppo.accel_log_std_init: -3.0`): every recipe on PPO_FILES measured with it pins it."""
@@ -190,23 +192,20 @@ RECIPES: dict[str, Recipe] = {
     # training return; this keeps steering's exploration and makes the trained car the scored one. 3 seeds at 30
     # minutes: 874.3, 324.9, 889.1 = 696.1 (docs/RESULTS.md): seeds 1 and 3 the best 30-minute scores so far, seed 2
     # stalled at the KL early stop for its first 200k-300k agent steps.
-    "ppo_accel_std": Recipe(PPO_FILES, KL_STOP + GAUSSIAN_STD + ("env.skip_penalty=-20",
-                                                                 "ppo.accel_log_std_init=-3.0")),
+    "ppo_accel_std": Recipe(PPO_FILES, KL_STOP + ACCEL_STD + ("env.skip_penalty=-20",)),
     # `ppo_accel_std` without the KL early stop (`ppo.target_kl=null`): the policy's KL over an accel mean step grows
     # as 1/std^2, 7.3x at std 0.05 against 0.135, and seed 2 of `ppo_accel_std` stopped every update at target_kl
     # after 1.2-1.7 of its 10 epochs for its first 200k agent steps, learning nothing (its seed 1, which did full
     # epochs from 100k on, scored 874.3 at 30 minutes). 3 seeds at 30 minutes: 864.1, 725.5, 864.2 = 817.9 (the
     # default then, `ppo_gaussian_skip`: 743.3), so it is the `ppo` default since: tune_configs/ppo.yaml sets
     # accel's std, cpu.yaml's target_kl is off. Pinned here, so it stays what was measured if the default moves.
-    "ppo_accel_std_no_kl": Recipe(PPO_FILES, GAUSSIAN_STD + ("env.skip_penalty=-20", "ppo.accel_log_std_init=-3.0",
-                                                             "ppo.target_kl=null")),
+    "ppo_accel_std_no_kl": Recipe(PPO_FILES, ACCEL_STD + ("env.skip_penalty=-20", "ppo.target_kl=null")),
     # `ppo_two_phase` (tune_configs/ppo_two_phase.yaml: lr to 0 over the budget, the standstill rule off for its last
     # quarter) with the `ppo` default's noise and no KL early stop (`ppo_accel_std_no_kl`, 817.9 over 3 seeds at 30
     # minutes) in place of gSDE and target_kl 0.05: does the default's noise carry the long-budget recipe to 900?
     # Seed 1, 60 minutes: 814.3 at 15, 730.8 at 30, 762.2 at 60, below the default's seed 1: failed (the rate, high
     # for longer, moved the policy far without the KL guard: clip_fraction 0.41-0.44; docs/RESULTS.md).
-    "ppo_two_phase_accel_std": Recipe(("tune_configs/ppo_two_phase.yaml",),
-                                      GAUSSIAN_STD + ("ppo.accel_log_std_init=-3.0", "ppo.target_kl=null")),
+    "ppo_two_phase_accel_std": Recipe(("tune_configs/ppo_two_phase.yaml",), ACCEL_STD + ("ppo.target_kl=null",)),
     # `ppo_gsde` with gSDE on the unit-norm latent (`ppo.sde_unit_latent`): the noise stays smooth and state-dependent,
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
     "ppo_sde_unit": Recipe(PPO_FILES, KL_STOP + NO_SKIP + ("ppo.use_sde=true", "ppo.sde_unit_latent=true",

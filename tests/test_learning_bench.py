@@ -374,13 +374,17 @@ def test_every_recipe_is_a_valid_config():
     # measured before that keeps what it had: accel's noise as steering's, and the cpu preset's target_kl of the time.
     assert (configs["ppo"].ppo.accel_log_std_init, configs["ppo"].ppo.target_kl) == (-3.0, None)
     assert configs["ppo_accel_std_no_kl"] == configs["ppo"]
+    # The recipes with accel's noise started small, each with its target_kl.
+    accel_noise_kl = {"ppo": None, "ppo_accel_std_no_kl": None, "ppo_accel_std": 0.05, "ppo_two_phase_accel_std": None}
     for name, config in configs.items():
-        if config.algo != "ppo" or name in ("ppo", "ppo_accel_std_no_kl"):
+        if config.algo != "ppo":
             continue
-        if name == "ppo_two_phase_accel_std":  # the long-budget recipe with the default's noise, no KL stop
-            assert (config.ppo.accel_log_std_init, config.ppo.target_kl, config.ppo.use_sde) == (-3.0, None, False)
-            assert config.env_switch == configs["ppo_two_phase"].env_switch
-            assert config.ppo.lr_horizon == "budget"
-            continue
-        assert config.ppo.accel_log_std_init == (-3.0 if name == "ppo_accel_std" else None), name
-        assert config.ppo.target_kl == (None if name == "ppo_laptop" else 0.05), name  # laptop.yaml never had one
+        if name in accel_noise_kl:
+            assert (config.ppo.accel_log_std_init, config.ppo.target_kl) == (-3.0, accel_noise_kl[name]), name
+        else:
+            assert config.ppo.accel_log_std_init is None, name
+            assert config.ppo.target_kl == (None if name == "ppo_laptop" else 0.05), name  # laptop.yaml never had one
+    # The long-budget recipe with the default's noise: ppo_two_phase's schedule and switch, Gaussian noise.
+    two_phase_accel = configs["ppo_two_phase_accel_std"]
+    assert (two_phase_accel.ppo.use_sde, two_phase_accel.ppo.lr_horizon) == (False, "budget")
+    assert two_phase_accel.env_switch == configs["ppo_two_phase"].env_switch
