@@ -26,6 +26,7 @@ from _common import machine_info, print_json_last  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--set", "total_env_steps=64", "--set", "env.frame_size=48", "--set", "eval.episodes=1",
+        "--set", "eval.select_episodes=0",
         "--set", "resources.local_num_cpus=2", "--set", "resources.object_store_memory=200MB"]
 
 

@@ -50,6 +50,7 @@ def tree_pss(root: psutil.Process) -> tuple[int, int]:
 
 def run_one(algo: str, steps: int, run_dir: Path) -> dict:
     overrides = [f"total_env_steps={steps}", f"run_dir={run_dir}", "eval.every_env_steps=0", "eval.episodes=1",
+                 "eval.select_episodes=0",
                  f"checkpoint.every_env_steps={steps}", "learner.device=auto"]
     # Learn over the last 100 steps: the learner's memory (optimiser state, batches in flight) is in the
     # peak without a CPU-only machine spending most of the benchmark on gradient updates.

@@ -210,6 +210,9 @@ RECIPES: dict[str, Recipe] = {
     # its size is exp(log_std) alone (0.1 at the start, ppo_gsde's from 100k to 470k agent steps), set by the loss.
     "ppo_sde_unit": Recipe(PPO_FILES, KL_STOP + NO_SKIP + ("ppo.use_sde=true", "ppo.sde_unit_latent=true",
                                                            "ppo.log_std_init=-2.3", "ppo.accel_log_std_init=null")),
+    # The `ppo` default with CarRacing's own lap rule for training episodes (`env.lap_end_fraction=0.95`): a lap
+    # driven with tiles missed ends at the start line instead of running on to frame 1,000 (LapEndTermination).
+    "ppo_lap_end": Recipe(PPO_FILES, ("env.lap_end_fraction=0.95",)),
     PEER: Recipe(peer=True),
 }
 DEFAULT_RECIPES = ("ppo", PEER)
@@ -782,6 +785,8 @@ class EpisodeResult:
     length: int
     seconds: float
     error: str | None = None
+    tiles_missed: int = -1
+    """Track tiles never visited; -1 where unknown (the peer's pipeline resets its env before it can be read)."""
 
 
 _POLICIES: dict[str, Any] = {}  # per worker process: the last few loaded policies, by path
@@ -810,13 +815,14 @@ def _load_distracer(path: str) -> tuple[Any, Any]:
     return loaded.source.act_fn(), loaded.env_config
 
 
-def distracer_episode(path: str, seed: int) -> tuple[float, int]:
-    """One deterministic episode of a distracer checkpoint on the stock env: (raw return, env frames)."""
+def distracer_episode(path: str, seed: int) -> tuple[float, int, int]:
+    """One deterministic episode of a distracer checkpoint on the stock env: (raw return, env frames, tiles
+    missed)."""
     from distracer.evaluate import run_episode
 
     actor, env_config = _cached(path, _load_distracer)
     episode = run_episode(actor, env_config, seed)
-    return episode.ret, episode.length
+    return episode.ret, episode.length, episode.tiles_missed
 
 
 def _load_peer(path: str) -> Any:
@@ -827,8 +833,9 @@ def _load_peer(path: str) -> Any:
     return PPO.load(path, device="cpu", custom_objects=custom)
 
 
-def peer_episode(path: str, seed: int) -> tuple[float, int]:
-    """One deterministic episode of a peer snapshot through its own training pipeline on the stock env."""
+def peer_episode(path: str, seed: int) -> tuple[float, int, int]:
+    """One deterministic episode of a peer snapshot through its own training pipeline on the stock env (tiles
+    missed unknown: -1)."""
     from stable_baselines3.common.vec_env import VecFrameStack, VecTransposeImage
 
     model = _cached(path, _load_peer)
@@ -840,7 +847,7 @@ def peer_episode(path: str, seed: int) -> tuple[float, int]:
             obs, _, dones, infos = venv.step(action)
             if dones[0]:
                 episode = infos[0]["episode"]  # SB3's Monitor, beneath FrameSkip: the raw CarRacing return
-                return float(episode["r"]), int(episode["l"])
+                return float(episode["r"]), int(episode["l"]), -1
     finally:
         venv.close()
 
@@ -850,8 +857,8 @@ def eval_episode(task: EpisodeTask) -> EpisodeResult:
     start = time.perf_counter()
     try:
         run = distracer_episode if task.kind == "distracer" else peer_episode
-        ret, length = run(task.path, task.seed)
-        return EpisodeResult(task, ret, length, time.perf_counter() - start)
+        ret, length, missed = run(task.path, task.seed)
+        return EpisodeResult(task, ret, length, time.perf_counter() - start, tiles_missed=missed)
     except Exception as exc:  # reported per episode, never fatal to the benchmark
         return EpisodeResult(task, float("nan"), 0, time.perf_counter() - start,
                              f"{type(exc).__name__}: {exc}"[:300])
@@ -894,7 +901,7 @@ def _short(path: Path) -> str:
 # Curves: CSV, figure, summary
 
 CSV_COLUMNS = ("recipe", "seed", "snapshot", "wall_seconds", "env_frames", "agent_steps", "eval_mean", "eval_std",
-               "episodes", "status")
+               "episodes", "status", "laps_finished", "tiles_missed_median")
 
 
 @dataclass
@@ -911,15 +918,23 @@ class CurveRow:
     eval_std: float
     episodes: int
     status: str
+    laps_finished: float = float("nan")
+    """Episodes with every tile visited (NaN where tiles are not known: the peer)."""
+    tiles_missed_median: float = float("nan")
 
 
 def curve_rows(run: RunInfo, snapshots: list[Snapshot], results: dict[Path, list[EpisodeResult]]) -> list[CurveRow]:
     rows = []
     for snap in snapshots:
-        rets = [r.ret for r in results.get(snap.path, []) if r.error is None]
+        ok = [r for r in results.get(snap.path, []) if r.error is None]
+        rets = [r.ret for r in ok]
+        missed = [r.tiles_missed for r in ok if r.tiles_missed >= 0]
+        known = bool(ok) and len(missed) == len(ok)
         rows.append(CurveRow(run.recipe, run.seed, str(snap.path.relative_to(run.run_dir)), snap.wall_seconds,
                              snap.env_frames, snap.agent_steps, float(np.mean(rets)) if rets else float("nan"),
-                             float(np.std(rets)) if rets else float("nan"), len(rets), run.status))
+                             float(np.std(rets)) if rets else float("nan"), len(rets), run.status,
+                             float(sum(m == 0 for m in missed)) if known else float("nan"),
+                             float(np.median(missed)) if known else float("nan")))
     return rows
 
 
@@ -930,14 +945,16 @@ def write_csv(path: Path, rows: list[CurveRow]) -> None:
         writer.writerow(CSV_COLUMNS)
         for r in rows:
             writer.writerow([r.recipe, r.seed, r.snapshot, f"{r.wall_seconds:.1f}", r.env_frames, r.agent_steps,
-                             f"{r.eval_mean:.2f}", f"{r.eval_std:.2f}", r.episodes, r.status])
+                             f"{r.eval_mean:.2f}", f"{r.eval_std:.2f}", r.episodes, r.status,
+                             f"{r.laps_finished:g}", f"{r.tiles_missed_median:g}"])
 
 
 def read_csv(path: Path) -> list[CurveRow]:
     with Path(path).open() as f:
         return [CurveRow(d["recipe"], int(d["seed"]), d["snapshot"], float(d["wall_seconds"]), int(d["env_frames"]),
                          int(d["agent_steps"]), float(d["eval_mean"]), float(d["eval_std"]), int(d["episodes"]),
-                         d["status"]) for d in csv.DictReader(f)]
+                         d["status"], float(d.get("laps_finished") or "nan"),
+                         float(d.get("tiles_missed_median") or "nan")) for d in csv.DictReader(f)]
 
 
 def group_curves(rows: list[CurveRow]) -> dict[str, list[Any]]:
@@ -1083,11 +1100,12 @@ def loadavg() -> list[float]:
 
 def print_table(rows: list[CurveRow]) -> None:
     print(f"{'recipe':<12} {'seed':>4} {'status':<8} {'minutes':>7} {'frames':>10} {'agent steps':>11} "
-          f"{'score (mean ± std)':>22}  snapshot")
+          f"{'score (mean ± std)':>22} {'laps':>5}  snapshot")
     for r in rows:
         score = f"{r.eval_mean:.1f} ± {r.eval_std:.1f} ({r.episodes})" if r.episodes else "not scored"
+        laps = f"{r.laps_finished:g}" if not math.isnan(r.laps_finished) else "-"
         print(f"{r.recipe:<12} {r.seed:>4} {r.status:<8} {r.wall_seconds / 60:>7.2f} {r.env_frames:>10,} "
-              f"{r.agent_steps:>11,} {score:>22}  {r.snapshot}")
+              f"{r.agent_steps:>11,} {score:>22} {laps:>5}  {r.snapshot}")
 
 
 def print_finals(finals: dict[str, dict[str, Any]], ratios: dict[str, float | None]) -> None:
@@ -1132,6 +1150,7 @@ def evaluate_runs(plan: Plan, runs: list[RunInfo]) -> list[CurveRow]:
     episodes = {_short(s.path): {"seeds": [r.task.seed for r in results[s.path]],
                                  "returns": [r.ret for r in results[s.path]],
                                  "lengths": [r.length for r in results[s.path]],
+                                 "tiles_missed": [r.tiles_missed for r in results[s.path]],
                                  "errors": [r.error for r in results[s.path] if r.error]} for s in every}
     (plan.out / "evals.json").write_text(json.dumps(episodes, indent=1))
     return rows
@@ -1150,8 +1169,11 @@ def scored_before(plan: Plan, snapshots: list[Snapshot]) -> dict[Path, list[Epis
     for snap in snapshots:
         entry = previous.get(_short(snap.path))
         if entry and entry["seeds"] == seeds and not entry["errors"]:
-            known[snap.path] = [EpisodeResult(EpisodeTask(snap.kind, str(snap.path), seed), ret, length, 0.0)
-                                for seed, ret, length in zip(entry["seeds"], entry["returns"], entry["lengths"])]
+            missed = entry.get("tiles_missed") or [-1] * len(entry["seeds"])  # older evals.json lack them
+            known[snap.path] = [EpisodeResult(EpisodeTask(snap.kind, str(snap.path), seed), ret, length, 0.0,
+                                              tiles_missed=m)
+                                for seed, ret, length, m in zip(entry["seeds"], entry["returns"], entry["lengths"],
+                                                                missed)]
     return known
 
 

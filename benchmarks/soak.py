@@ -48,7 +48,7 @@ FILL = re.compile(r"replay (\d+)%")
 
 def command(algo: str, minutes: float, budget: str, run_dir: Path) -> list[str]:
     overrides = [f"max_minutes={minutes:g}", "total_env_steps=1000000000", f"replay.ram_budget={budget}",
-                 f"run_dir={run_dir}", "eval.episodes=1", "checkpoint.keep=1"]
+                 f"run_dir={run_dir}", "eval.episodes=1", "eval.select_episodes=0", "checkpoint.keep=1"]
     return ([sys.executable, "-m", "distracer", "train", "-c", f"tune_configs/{algo}.yaml", "-c",
              "tune_configs/laptop.yaml"] + [x for o in overrides for x in ("--set", o)])
 

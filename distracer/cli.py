@@ -50,13 +50,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def done_lines(summary: dict) -> list[str]:
-    """What `distracer train` prints at the end: the final checkpoint and, when an earlier evaluation scored
-    higher, the best one (run_dir/best), since the last weights of a run are not always its best."""
+    """What `distracer train` prints at the end: the final checkpoint and the one it recommends, run_dir/best:
+    the final selection's pick (`runtime.selection`) or, without one, the best periodic evaluation when it
+    scored higher than the last."""
     lines = [f"distracer: done: {summary['env_steps']:,} env steps, {summary['num_updates']:,} updates, "
              f"eval {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}; "
              f"checkpoint {summary.get('checkpoint')}"]
     best, best_eval = summary.get("best_checkpoint"), summary.get("best_eval_return", float("nan"))
-    if best and best_eval > summary["eval_return_mean"]:
+    selection = summary.get("selection")
+    if best and selection:
+        chosen = next(c for c in selection["candidates"] if c["checkpoint"] == selection["chosen"])
+        lines.append(f"distracer: recommended: {best} (the {chosen['label']}, {chosen['mean']:.1f} on "
+                     f"{selection['episodes']} selection tracks; score it on 100 unseen episodes: distracer "
+                     f"evaluate --checkpoint {best} --episodes 100)")
+    elif best and best_eval > summary["eval_return_mean"]:
         lines.append(f"distracer: the best evaluation was earlier, {best_eval:.1f}: {best} (score it on 100 "
                      f"unseen episodes: distracer evaluate --checkpoint {best} --episodes 100)")
     return lines

@@ -120,12 +120,25 @@ class EvalConfig:
     """Episodes per periodic evaluation (a 'solved' claim needs 100: use `distracer evaluate`)."""
     seed: int = 1_000_000
     """First evaluation seed; training seeds stay below it so evaluation tracks are never trained on."""
+    select_episodes: int = 20
+    """At the end of a run, score the final checkpoint, the `select_last` - 1 before it and the periodic best on
+    these many shared tracks and keep the one chosen as run_dir/best (`distracer.runtime.selection`: the final
+    unless another beats it by a paired 95% margin); 0 = off (best/ keeps the periodic best). Not in Tune trials,
+    nor after a stop signal."""
+    select_last: int = 3
+    """How many of the newest step checkpoints (the final one included) the final selection considers; at most
+    `checkpoint.keep` exist."""
 
     def validate(self) -> None:
         if self.every_env_steps < 0:
             raise ConfigError(f"eval.every_env_steps={self.every_env_steps} must be >= 0")
         if self.episodes < 1:
             raise ConfigError(f"eval.episodes={self.episodes} must be >= 1")
+        if self.select_episodes < 0 or self.select_episodes == 1:
+            raise ConfigError(f"eval.select_episodes={self.select_episodes} must be 0 (off) or >= 2 (a paired margin "
+                              "needs two tracks)")
+        if self.select_last < 1:
+            raise ConfigError(f"eval.select_last={self.select_last} must be >= 1")
 
 
 @dataclass

@@ -82,8 +82,22 @@ class EvalResult:
 
         return EvalResult(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
 
+    @property
+    def laps_finished(self) -> int:
+        """Episodes in which every tile was visited (the laps that can score 900: CarRacing-v3 ends those early)."""
+        return sum(1 for missed in self.tiles_missed if missed == 0)
+
+    @property
+    def median_tiles_missed(self) -> float:
+        return float(np.median(self.tiles_missed)) if self.tiles_missed else float("nan")
+
     def summary(self) -> str:
-        return f"{self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} episodes"
+        """'852.8 ± 90.4 over 100 episodes, 44/100 laps finished (tiles missed: median 1)'."""
+        line = f"{self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} episodes"
+        if len(self.tiles_missed) == len(self.returns) and self.returns:
+            line += (f", {self.laps_finished}/{len(self.returns)} laps finished "
+                     f"(tiles missed: median {self.median_tiles_missed:g})")
+        return line
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -136,12 +150,14 @@ class Episode:
 
 
 def run_episode(act: ActFn, env_config: EnvConfig, seed: int, video_path: Path | None = None,
-                video: VideoOptions | None = None, max_steps: int | None = None) -> Episode:
-    """One deterministic episode on the stock env; `max_steps` (agent steps) cuts it short for smoke tests."""
+                video: VideoOptions | None = None, max_steps: int | None = None, stock: bool = True) -> Episode:
+    """One deterministic episode on the stock env; `max_steps` (agent steps) cuts it short for smoke tests.
+    `stock=False` runs distracer's fast simulator, whose episodes are the stock env's frame for frame
+    (tests/test_fast_env.py): for picking among checkpoints (`runtime.selection`), never for a score."""
     from distracer.video import EpisodeVideo
 
     start = time.perf_counter()
-    env = make_env(env_config, seed=seed, stock=True, render_mode="rgb_array" if video_path else None)
+    env = make_env(env_config, seed=seed, stock=stock, render_mode="rgb_array" if video_path else None)
     recorder = None
     if video_path is not None:
         video = video or VideoOptions()
@@ -179,7 +195,7 @@ def run_episode(act: ActFn, env_config: EnvConfig, seed: int, video_path: Path |
 
 def run_episodes(source: PolicySource | PolicyWeights, env_config: EnvConfig, seeds: list[int],
                  video_dir: str | Path | None = None, video: VideoOptions | None = None,
-                 max_steps: int | None = None, return_video_bytes: bool = False) -> list[Episode]:
+                 max_steps: int | None = None, return_video_bytes: bool = False, stock: bool = True) -> list[Episode]:
     """Episodes for `seeds` in this process; videos go to `video_dir` (or come back as bytes)."""
     torch.set_num_threads(1)
     if isinstance(source, PolicyWeights):
@@ -188,7 +204,7 @@ def run_episodes(source: PolicySource | PolicyWeights, env_config: EnvConfig, se
     out = []
     for seed in seeds:
         path = Path(video_dir) / video_name(seed) if video_dir is not None else None
-        episode = run_episode(act, env_config, seed, path, video, max_steps)
+        episode = run_episode(act, env_config, seed, path, video, max_steps, stock)
         if path is not None and return_video_bytes:
             episode.video = path.read_bytes()
             path.unlink()
@@ -213,23 +229,25 @@ def to_result(episodes: list[Episode]) -> EvalResult:
 
 
 def _remote_chunk(source: PolicySource, env_config: EnvConfig, seeds: list[int], with_video: bool,
-                  video: VideoOptions | None, max_steps: int | None) -> list[Episode]:
+                  video: VideoOptions | None, max_steps: int | None, stock: bool = True) -> list[Episode]:
     """A Ray task: videos are written to this node's temp dir and returned as bytes, so evaluation on a
     cluster still leaves every video in the --video dir of the machine that asked for them."""
     if not with_video:
-        return run_episodes(source, env_config, seeds, max_steps=max_steps)
+        return run_episodes(source, env_config, seeds, max_steps=max_steps, stock=stock)
     with tempfile.TemporaryDirectory(prefix="distracer-video-") as tmp:
         return run_episodes(source, env_config, seeds, tmp, video, max_steps, return_video_bytes=True)
 
 
 def evaluate_parallel(source: PolicySource, env_config: EnvConfig, seeds: list[int], workers: int,
                       video_dir: Path | None = None, video: VideoOptions | None = None,
-                      max_steps: int | None = None, log: Callable[[str], None] = print) -> EvalResult:
-    """Episodes as Ray tasks (one CPU each, `workers` at a time), or in this process for 1 worker/episode."""
+                      max_steps: int | None = None, log: Callable[[str], None] = print,
+                      stock: bool = True) -> EvalResult:
+    """Episodes as Ray tasks (one CPU each, `workers` at a time), or in this process for 1 worker/episode.
+    `stock=False`: the fast simulator (see `run_episode`)."""
     if workers <= 1 or len(seeds) <= 1:
         episodes = []
         for seed in seeds:
-            [episode] = run_episodes(source, env_config, [seed], video_dir, video, max_steps)
+            [episode] = run_episodes(source, env_config, [seed], video_dir, video, max_steps, stock=stock)
             _log_episode(log, episode, len(episodes) + 1, len(seeds))
             episodes.append(episode)
         return to_result(episodes).sorted()
@@ -239,7 +257,7 @@ def evaluate_parallel(source: PolicySource, env_config: EnvConfig, seeds: list[i
     source_ref = ray.put(source)  # the weights / model bytes enter the object store once, not once per task
     # Small chunks (about 4 per worker) so a slow chunk at the end does not keep the other workers idle.
     size = max(1, math.ceil(len(seeds) / (4 * workers)))
-    pending = [task.remote(source_ref, env_config, seeds[i:i + size], video_dir is not None, video, max_steps)
+    pending = [task.remote(source_ref, env_config, seeds[i:i + size], video_dir is not None, video, max_steps, stock)
                for i in range(0, len(seeds), size)]
     episodes: list[Episode] = []
     while pending:

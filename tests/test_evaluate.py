@@ -280,6 +280,7 @@ def test_train_run_writes_tensorboard_progress_and_evaluates(ray_local, tmp_path
     config = load_config(None, [
         "algo=dqn", "env.action_space=discrete", "env.frame_size=48", "dqn.batch_size=16", "dqn.learning_starts=32",
         "dqn.replay_ratio=0.25", "total_env_steps=96", "eval.every_env_steps=0", "eval.episodes=1",
+        "eval.select_episodes=0",
         "off_policy.fragment_length=16", "resources.local_num_cpus=4", "replay.ram_budget=64MB",
         "learner.device=cpu", f"run_dir={tmp_path / 'run'}"])
     train(config, handle_signals=False)

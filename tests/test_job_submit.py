@@ -23,7 +23,8 @@ from distracer.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 TRAIN = [
-    "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1", "off_policy.fragment_length=16",
+    "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1",
+    "eval.select_episodes=0", "off_policy.fragment_length=16",
     "replay.ram_budget=64MB", "off_policy.weights_interval=10", "learner.device=cpu",
     "algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.replay_ratio=0.5",
     "total_env_steps=160", "checkpoint.every_env_steps=96",

@@ -242,10 +242,10 @@ def test_discover_runs_finds_a_renamed_recipes_snapshots(tmp_path):
 # ----- curves ------------------------------------------------------------------------------------------------
 def rows() -> list:
     R = bench.CurveRow
-    return [R("ppo", 1, "checkpoints/ckpt_000000000100", 60.0, 100, 100, 10.0, 1.0, 2, "ok"),
-            R("ppo", 1, "checkpoints/ckpt_000000000200", 120.0, 200, 200, 30.0, 2.0, 2, "ok"),
-            R("ppo", 2, "checkpoints/ckpt_000000000150", 60.0, 150, 150, 20.0, 1.0, 2, "partial"),
-            R("ppo", 2, "checkpoints/ckpt_000000000250", 120.0, 250, 250, 50.0, 1.0, 2, "partial"),
+    return [R("ppo", 1, "checkpoints/ckpt_000000000100", 60.0, 100, 100, 10.0, 1.0, 2, "ok", 0.0, 12.5),
+            R("ppo", 1, "checkpoints/ckpt_000000000200", 120.0, 200, 200, 30.0, 2.0, 2, "ok", 1.0, 3.0),
+            R("ppo", 2, "checkpoints/ckpt_000000000150", 60.0, 150, 150, 20.0, 1.0, 2, "partial", 0.0, 40.0),
+            R("ppo", 2, "checkpoints/ckpt_000000000250", 120.0, 250, 250, 50.0, 1.0, 2, "partial", 2.0, 0.0),
             R(bench.PEER, 1, "snapshots/step_000000000100.zip", 60.0, 200, 100, -10.0, 3.0, 2, "ok"),
             R(bench.PEER, 1, "snapshots/step_000000000300.zip", 120.0, 600, 300, 80.0, 3.0, 2, "ok"),
             R(bench.PEER, 1, "snapshots/step_000000000400.zip", 130.0, 800, 400, float("nan"), float("nan"), 0, "ok")]
@@ -257,14 +257,17 @@ def test_csv_columns_and_values(tmp_path):
     with path.open() as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == ("recipe", "seed", "snapshot", "wall_seconds", "env_frames", "agent_steps",
-                                            "eval_mean", "eval_std", "episodes", "status")
+                                            "eval_mean", "eval_std", "episodes", "status", "laps_finished",
+                                            "tiles_missed_median")
         first = next(reader)
     assert first == {"recipe": "ppo", "seed": "1", "snapshot": "checkpoints/ckpt_000000000100",
                      "wall_seconds": "60.0", "env_frames": "100", "agent_steps": "100", "eval_mean": "10.00",
-                     "eval_std": "1.00", "episodes": "2", "status": "ok"}
+                     "eval_std": "1.00", "episodes": "2", "status": "ok", "laps_finished": "0",
+                     "tiles_missed_median": "12.5"}
     back = bench.read_csv(path)
     assert [r.status for r in back] == [r.status for r in rows()]
     assert back[1] == rows()[1] and np.isnan(back[-1].eval_mean)
+    assert np.isnan(back[-1].laps_finished)  # the peer's tiles are not known
 
 
 def test_finals_and_ratio_to_peer():
@@ -375,7 +378,8 @@ def test_every_recipe_is_a_valid_config():
     assert (configs["ppo"].ppo.accel_log_std_init, configs["ppo"].ppo.target_kl) == (-3.0, None)
     assert configs["ppo_accel_std_no_kl"] == configs["ppo"]
     # The recipes with accel's noise started small, each with its target_kl.
-    accel_noise_kl = {"ppo": None, "ppo_accel_std_no_kl": None, "ppo_accel_std": 0.05, "ppo_two_phase_accel_std": None}
+    accel_noise_kl = {"ppo": None, "ppo_accel_std_no_kl": None, "ppo_accel_std": 0.05, "ppo_two_phase_accel_std": None,
+                      "ppo_lap_end": None}
     for name, config in configs.items():
         if config.algo != "ppo":
             continue
@@ -388,3 +392,18 @@ def test_every_recipe_is_a_valid_config():
     two_phase_accel = configs["ppo_two_phase_accel_std"]
     assert (two_phase_accel.ppo.use_sde, two_phase_accel.ppo.lr_horizon) == (False, "budget")
     assert two_phase_accel.env_switch == configs["ppo_two_phase"].env_switch
+
+
+def test_curve_rows_count_laps_finished_and_tiles_missed(tmp_path):
+    run = bench.RunInfo("ppo", 1, tmp_path, "ok")
+    snap = bench.Snapshot("distracer", tmp_path / "checkpoints" / "ckpt_1", 60.0, 100, 200)
+    peer = bench.Snapshot("peer", tmp_path / "snapshots" / "step_1.zip", 60.0, 100, 200)
+
+    def result(path, missed):
+        return [bench.EpisodeResult(bench.EpisodeTask("distracer", str(path), i), 900.0, 700, 1.0,
+                                    tiles_missed=m) for i, m in enumerate(missed)]
+
+    results = {snap.path: result(snap.path, [0, 3, 0, 9]), peer.path: result(peer.path, [-1, -1])}
+    ours, theirs = bench.curve_rows(run, [snap, peer], results)
+    assert (ours.laps_finished, ours.tiles_missed_median) == (2.0, 1.5)
+    assert np.isnan(theirs.laps_finished) and np.isnan(theirs.tiles_missed_median)  # not known for the peer

@@ -14,7 +14,8 @@ from distracer.runtime.driver import Driver, train
 
 # Small, fast runs: 48x48 frames keep the CPU learner quick; the env is the real (fast) CarRacing.
 SMALL = [
-    "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1", "off_policy.fragment_length=16",
+    "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1",
+    "eval.select_episodes=0", "off_policy.fragment_length=16",
     "resources.local_num_cpus=4", "replay.ram_budget=64MB", "off_policy.weights_interval=10",
     "learner.device=cpu",
 ]

@@ -13,7 +13,8 @@ import pytest
 from distracer.checkpoint import list_checkpoints, load_checkpoint
 
 OVERRIDES = [
-    "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1", "off_policy.fragment_length=16",
+    "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1",
+    "eval.select_episodes=0", "off_policy.fragment_length=16",
     "replay.ram_budget=32MB", "sac_drq.batch_size=16", "sac_drq.learning_starts=64",
     "sac_drq.replay_ratio=0.25", "resources.local_num_cpus=3", "learner.device=cpu",
     "checkpoint.every_env_steps=64",

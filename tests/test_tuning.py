@@ -20,7 +20,8 @@ from distracer.tuning import TargetScoreStopper, build_stopper, load_search, run
 # As tests/test_runtime.py: 48x48 frames, tiny batches. Each run ends with one stock 1000-step evaluation
 # episode (~5 s); no periodic ones. Per trial 1 + 3 x 0.25 CPUs, so both trials fit the 4-CPU test Ray.
 SMALL = [
-    "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1", "off_policy.fragment_length=16",
+    "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1",
+    "eval.select_episodes=0", "off_policy.fragment_length=16",
     "replay.ram_budget=64MB", "off_policy.weights_interval=10", "learner.device=cpu",
     "algo=sac_drq", "sac_drq.batch_size=16", "sac_drq.learning_starts=64", "sac_drq.replay_ratio=0.5",
     "resources.learner_cpus=0.25", "resources.worker_cpus=0.25", "resources.shard_cpus=0.25",

@@ -31,7 +31,8 @@ def two_node_cluster():
 def test_learner_and_workers_on_different_nodes(two_node_cluster, tmp_path):
     run_dir = tmp_path / "run"
     overrides = [
-        "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1", "off_policy.fragment_length=16",
+        "env.frame_size=48", "eval.every_env_steps=0", "eval.episodes=1",
+        "eval.select_episodes=0", "off_policy.fragment_length=16",
         "replay.ram_budget=32MB", "sac_drq.batch_size=16", "sac_drq.learning_starts=64",
         "sac_drq.replay_ratio=0.5", "total_env_steps=192", "off_policy.weights_interval=10",
         "learner.device=cpu", "resources.shard_cpus=0.5", f"run_dir={run_dir}",

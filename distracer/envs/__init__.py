@@ -12,6 +12,7 @@ from distracer.envs.config import EnvConfig
 from distracer.envs.wrappers import (
     ActionRepeat,
     DiscreteActions,
+    LapEndTermination,
     NoProgressPenalty,
     NoProgressTermination,
     RestOfEpisodePenalty,
@@ -59,8 +60,9 @@ def make_env(
         seed: seeds the first reset (the track) and the action space.
         stock: force the stock (True) or fast (False) simulator; None follows `config.fast`.
         render_mode: passed to the env, e.g. "rgb_array" for full-resolution video frames.
-        training: a rollout worker's env: adds the training-only `no_progress_*`, `standstill_frames` and
-            `skip_penalty` rules of `config`. Evaluation leaves it False, so scores are always whole stock episodes.
+        training: a rollout worker's env: adds the training-only `no_progress_*`, `standstill_frames`,
+            `lap_end_fraction` and `skip_penalty` rules of `config`. Evaluation leaves it False, so scores are
+            always whole stock episodes.
     """
     config = config or EnvConfig()
     config.validate()
@@ -72,6 +74,8 @@ def make_env(
     stands_still = training and config.standstill_frames > 0
     if stands_still:
         env = StandstillTermination(env, config.standstill_frames)
+    if training and config.lap_end_fraction:
+        env = LapEndTermination(env, config.lap_end_fraction)
     env = RecordEpisodeStatistics(env)
     if ends_early and config.no_progress_penalty:
         env = NoProgressPenalty(env, config.no_progress_penalty)

@@ -12,7 +12,8 @@ CHANNEL_ORDERS = ("first", "last")
 MIN_FRAME_SIZE = 36
 # Settings that shape training episodes only (scores always come from whole stock episodes), or only how fast
 # the same pixels are made: a resumed run may change them.
-TRAINING_ONLY_FIELDS = ("fast", "no_progress_frames", "no_progress_penalty", "standstill_frames", "skip_penalty")
+TRAINING_ONLY_FIELDS = ("fast", "no_progress_frames", "no_progress_penalty", "standstill_frames", "skip_penalty",
+                        "lap_end_fraction")
 
 
 @dataclass
@@ -47,6 +48,12 @@ class EnvConfig:
     stock episode then cannot end on a finished lap and runs on at -0.1 a frame to frame 1,000 (shaping;
     training returns and all scores stay unmodified); 0 = off. `SkippedTilePenalty`."""
 
+    lap_end_fraction: float = 0.0
+    """Training only: end an episode once the car is back across the start line with more than this fraction of
+    the tiles visited (CarRacing's own `lap_complete_percent` rule, 0.95, that Gymnasium 1.2.2 never applies:
+    issue #1269), rather than drive on to frame 1,000 for the tiles it missed; 0 = off. Evaluation always runs
+    the full stock episode. `LapEndTermination`."""
+
     def validate(self) -> None:
         if self.action_space not in ACTION_SPACES:
             raise ConfigError(f"env.action_space={self.action_space!r} is unknown; allowed: {', '.join(ACTION_SPACES)}")
@@ -70,6 +77,8 @@ class EnvConfig:
             raise ConfigError("env.no_progress_penalty is set but env.no_progress_frames is 0, so it never applies")
         if self.skip_penalty > 0:
             raise ConfigError(f"env.skip_penalty={self.skip_penalty} must be <= 0 (a reward teaches skipping)")
+        if not 0.0 <= self.lap_end_fraction < 1.0:
+            raise ConfigError(f"env.lap_end_fraction={self.lap_end_fraction} must be in [0, 1) (0 = off)")
         if self.standstill_frames < 0:
             raise ConfigError(f"env.standstill_frames={self.standstill_frames} must be >= 0 (0 = off)")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-EPISODE_ENDS = ("time_limit", "lap", "off_playfield", "standstill", "no_progress", "other")
+EPISODE_ENDS = ("time_limit", "lap", "lap_tiles_missed", "off_playfield", "standstill", "no_progress", "other")
 """Why a training episode ended, as `episode_end` names it; an int8 code is its index here (PPO rollouts)."""
 
 
@@ -49,13 +49,15 @@ def episode_stats(info: dict[str, Any]) -> tuple[float, int] | None:
 
 def episode_end(terminated: bool, truncated: bool, info: dict[str, Any]) -> str:
     """Why an episode ended, from its last step: distracer's training-only rules first (their wrappers set
-    info["standstill"] / info["no_progress"]), then CarRacing's own ends (info["lap_finished"]: True for a lap
-    completed, False for leaving the playfield, -100), then the time limit (1000 frames). "other": a terminal
-    step none of these explain (another env)."""
+    info["standstill"] / info["no_progress"] / info["lap_end"]: a lap driven with tiles missed), then CarRacing's
+    own ends (info["lap_finished"]: True for a lap completed, False for leaving the playfield, -100), then the
+    time limit (1000 frames). "other": a terminal step none of these explain (another env)."""
     if info.get("standstill"):
         return "standstill"
     if info.get("no_progress"):
         return "no_progress"
+    if info.get("lap_end"):
+        return "lap_tiles_missed"
     if terminated and "lap_finished" in info:
         return "lap" if info["lap_finished"] else "off_playfield"
     return "time_limit" if truncated and not terminated else "other"

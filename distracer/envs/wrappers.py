@@ -217,6 +217,50 @@ class StandstillTermination(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+LAP_COMPLETE_PERCENT = 0.95  # CarRacing-v3's default `lap_complete_percent`
+
+
+def wheel_tiles(env: gym.Env) -> set[int]:
+    """Indices of the track tiles a wheel of the car touches now (CarRacing's contact listener keeps each
+    wheel's `tiles`), through any wrappers."""
+    return {tile.idx for wheel in env.unwrapped.car.wheels for tile in wheel.tiles}
+
+
+class LapEndTermination(gym.Wrapper):
+    """End an episode (``terminated=True``, ``info["lap_end"] = True``, ``info["tiles_missed"]``) when the car is
+    back on the start tile with more than `fraction` of the track's tiles visited, but not all: the lap rule
+    CarRacing-v3 means to apply (`lap_complete_percent`, 0.95) and Gymnasium 1.2.2 never does, since the car is
+    placed on tile 0 and the rule is checked only on a tile's first touch (Gymnasium issue #1269, the fix in
+    PR #1670). A lap with every tile visited ends on its own (``info["lap_finished"]``), as in the stock env.
+
+    Training only, on the raw env (frames), beneath the episode statistics, so `info["episode"]` holds the
+    unmodified return of the shortened episode. Why: in the stock env a lap with a tile missed drives on to
+    frame 1,000, and those frames (about a third of each training episode late in a run, docs/RESULTS.md) teach
+    nothing: the reward there is -0.1 a frame whatever the car does, and what it cost (the skipped tile) is
+    out of sight by then. Ending the lap gives the samples to new laps; the cost of the skip is what
+    `SkippedTilePenalty` charges, at the skip.
+    """
+
+    def __init__(self, env: gym.Env, fraction: float = LAP_COMPLETE_PERCENT):
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"lap end fraction={fraction} must be in (0, 1)")
+        super().__init__(env)
+        self.fraction = float(fraction)
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            return obs, reward, terminated, truncated, info
+        base = self.env.unwrapped
+        total = len(base.track)
+        touching = wheel_tiles(self.env)
+        # Wholly across the line: a rear wheel still on the last tile may yet touch it.
+        if base.tile_visited_count / total > self.fraction and 0 in touching and total - 1 not in touching:
+            terminated = True
+            info = {**info, "lap_end": True, "tiles_missed": total - base.tile_visited_count}
+        return obs, reward, terminated, truncated, info
+
+
 class RestOfEpisodePenalty(gym.Wrapper):
     """Charge the step that `StandstillTermination` ended with the time penalty of the frames left
     (-0.1 each), so the shaped return equals the stock return of a car that never moves again: the
@@ -276,12 +320,16 @@ class SkippedTilePenalty(gym.Wrapper):
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
         count = self.env.unwrapped.tile_visited_count
+        skipped = refunded = 0
         if count != self._count:  # new tiles this frame (rare enough to scan them all)
             self._count = count
             skipped, refunded = self._track(self._tiles())
-            if skipped or refunded:
-                reward = float(reward) + self.penalty * (bool(skipped) - refunded)
-                info = {**info, "skipped_tiles": skipped, "refunded_skips": refunded}
+        if info.get("lap_end") and self._gaps:  # the lap is over: a gap too close to the line is a skip too
+            skipped += sum(len(gap) for gap in self._gaps)
+            self._gaps = []
+        if skipped or refunded:
+            reward = float(reward) + self.penalty * (bool(skipped) - refunded)
+            info = {**info, "skipped_tiles": skipped, "refunded_skips": refunded}
         return obs, reward, terminated, truncated, info
 
     def _track(self, now: list[bool]) -> tuple[int, int]:

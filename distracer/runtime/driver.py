@@ -35,13 +35,14 @@ from distracer.checkpoint import (
 from distracer.config import TrainConfig, config_from_dict
 from distracer.envs import env_spaces
 from distracer.errors import ConfigError
-from distracer.evaluate import EvalResult, evaluate_policy
+from distracer.evaluate import EvalResult, default_workers, evaluate_policy
 from distracer.runtime.actors import RunActors, actor_resources, bundle_layout
 from distracer.runtime.logger import BusyMeter, RunLogger
 from distracer.runtime.off_policy import OffPolicyLoop
 from distracer.runtime.on_policy import OnPolicyLoop
 from distracer.runtime.ray_setup import check_fit, init_ray, joins_cluster, learner_gpus
 from distracer.runtime.report import Counters, RunReport
+from distracer.runtime.selection import Selection, keep_as_best, select
 from distracer.runtime.worker import CollectStats
 from distracer.runtime.worker_deaths import PART_DIED, WorkerDeaths
 
@@ -104,6 +105,7 @@ class Driver:
         self._saved_progress: tuple | None = None
         self.next_timed_checkpoint: float | None = None  # seconds since start (checkpoint.every_minutes)
         self.best_checkpoint: Path | None = None
+        self.selection: Selection | None = None
         self.recoveries_here = 0  # resources.max_recoveries counts this process's recoveries, not the run's
         # What a recovery rebuilds from: the newest checkpoint this process wrote, else the one it resumed from.
         self.recovery_point: Path | None = self.checkpoint.path if self.checkpoint is not None else None
@@ -292,9 +294,13 @@ class Driver:
             except PART_DIED as exc:
                 raise ConfigError(f"{self._died_line(exc)} while the run was ending; its training is done; the newest "
                                   f"checkpoint is {self.recovery_point or 'none'}") from None
+            placement = self.actors.placement()
+            self._select_best()
             self.final_report = self._report("final")
             summary = self.final_report.to_dict()
-            summary["placement"] = self.actors.placement()
+            summary["placement"] = placement
+            if self.selection is not None:
+                summary["selection"] = self.selection.to_dict()
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             return summary
         finally:
@@ -468,6 +474,27 @@ class Driver:
                 shutil.rmtree(other, ignore_errors=True)
         self.best_checkpoint = best
         self.logger.info(f"distracer: new best evaluation {result.mean:.1f}; kept as {self.best_checkpoint}")
+
+    def _select_best(self) -> None:
+        """The final selection (`runtime.selection`): what run_dir/best holds when the run ends."""
+        e = self.config.eval
+        if not e.select_episodes or not self.config.checkpoint.keep_best or self.in_trial:
+            return
+        if self.stop_requested.is_set():
+            self.logger.info("distracer: stopped before the end, so no final selection; run_dir/best holds the "
+                             "best periodic evaluation")
+            return
+        self.actors.kill()  # training is over: the selection's episodes get its cores
+        try:
+            selection = select(self.run_dir, e.seed, e.select_episodes, e.select_last, default_workers(),
+                               self.logger.info)
+            self.best_checkpoint = keep_as_best(self.run_dir, selection)
+        except Exception as exc:  # the training and its checkpoints are saved; a failed pick must not undo that
+            self.logger.info(f"distracer: the final selection failed ({type(exc).__name__}: {exc}); run_dir/best "
+                             f"holds the best periodic evaluation")
+            return
+        self.selection = selection
+        self.logger.info(f"distracer: recommended: {self.best_checkpoint} (the {selection.best.label})")
 
     # ------------------------------------------------------------------ reports
     def _report(self, kind: str) -> RunReport:

@@ -101,8 +101,12 @@ class RunLogger:
     def evaluation(self, result: Any, step: int) -> None:
         self.writer.add_scalar("eval/return_mean", result.mean, step)
         self.writer.add_scalar("eval/return_std", result.std, step)
+        # Laps finished (every tile visited) and tiles missed: what stands between a driving car and 900.
+        self.writer.add_scalar("eval/laps_finished", result.laps_finished / max(1, len(result.returns)), step)
+        self.writer.add_scalar("eval/tiles_missed_median", result.median_tiles_missed, step)
         record = {"env_steps": step, "wall_seconds": time.time() - self.start, "eval_return_mean": result.mean,
-                  "eval_return_std": result.std, "returns": result.returns, "seeds": result.seeds}
+                  "eval_return_std": result.std, "returns": result.returns, "seeds": result.seeds,
+                  "laps_finished": result.laps_finished, "tiles_missed": result.tiles_missed}
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
         self.info(f"distracer: eval at {step:,} env steps: {result.summary()}")
