@@ -28,6 +28,7 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check distracer tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-slow: $(STAMP)

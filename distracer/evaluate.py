@@ -413,7 +413,7 @@ def _start_workers(workers: int | None, episodes: int) -> tuple[int, bool]:
     import ray
 
     from distracer.config import ResourcesConfig
-    from distracer.runtime.ray_setup import init_ray
+    from distracer.ray_setup import init_ray
 
     if episodes == 1:
         return 1, False

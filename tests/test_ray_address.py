@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from distracer.errors import ConfigError
-from distracer.runtime.ray_setup import check_address
+from distracer.ray_setup import check_address
 
 
 def _free_port() -> int:
@@ -65,8 +65,8 @@ def test_a_run_that_does_not_fit_is_refused_before_its_actors_start(ray_local):
     # ray_local has 4 CPUs; 4 workers of 1 CPU plus the learner and a shard do not fit, and an already
     # started local Ray is not autoscaling: after fit_timeout_s (here 0) it is one line.
     from distracer.config import load_config
+    from distracer.ray_setup import check_fit
     from distracer.runtime.actors import actor_resources
-    from distracer.runtime.ray_setup import check_fit
 
     config = load_config([str(Path(__file__).resolve().parents[1] / "tune_configs" / "dqn.yaml")],
                          ["resources.num_workers=4", "replay.num_shards=2", "resources.fit_timeout_s=0"])
@@ -80,7 +80,7 @@ def test_a_run_that_does_not_fit_is_refused_before_its_actors_start(ray_local):
 
 
 def test_the_embedded_mode_auth_token_is_private(tmp_path):
-    from distracer.runtime.ray_setup import private_auth_token
+    from distracer.ray_setup import private_auth_token
 
     fresh = private_auth_token(tmp_path / "ray" / "auth_token")
     assert fresh.stat().st_mode & 0o777 == 0o600 and len(fresh.read_text()) == 64

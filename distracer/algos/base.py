@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distracer.envs.spaces import ActionSpec  # the env layer defines it; learners are built for it
 from distracer.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -28,31 +29,6 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 
 class NonFiniteLossError(FloatingPointError):
     """A loss or gradient became NaN/inf; the update was not applied."""
-
-
-@dataclass(frozen=True)
-class ActionSpec:
-    """What the policy outputs: `continuous` [steer, accel] in [-1, 1]^dim, or `discrete` in range(n)."""
-
-    kind: str
-    n: int
-
-    @staticmethod
-    def from_space(space: Any) -> ActionSpec:
-        """Build from a gymnasium space (Box -> continuous, Discrete -> discrete)."""
-        if hasattr(space, "n"):
-            return ActionSpec("discrete", int(space.n))
-        return ActionSpec("continuous", int(np.prod(space.shape)))
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """One action as stored: () for a discrete index, (n,) for continuous controls."""
-        return () if self.kind == "discrete" else (self.n,)
-
-    @property
-    def dtype(self) -> np.dtype:
-        """int64 for a discrete index, float32 for continuous controls."""
-        return np.dtype(np.int64 if self.kind == "discrete" else np.float32)
 
 
 @dataclass

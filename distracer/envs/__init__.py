@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import gymnasium as gym
 from gymnasium.wrappers import FrameStackObservation, GrayscaleObservation, RecordEpisodeStatistics, ResizeObservation
 
 from distracer.envs.config import EnvConfig
+from distracer.envs.spaces import ActionSpec
 from distracer.envs.wrappers import (
     ActionRepeat,
     DiscreteActions,
@@ -22,9 +22,6 @@ from distracer.envs.wrappers import (
     StandstillTermination,
     SteerAccelActions,
 )
-
-if TYPE_CHECKING:
-    from distracer.algos.base import ActionSpec
 
 # pygame must not look for a display on servers, in containers or in CI.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -98,8 +95,6 @@ def make_env(
 def env_spaces(config: EnvConfig) -> tuple[tuple[int, int, int], ActionSpec]:
     """Observation shape (C, H, W) and action spec of the configured env, from a stock env that is never stepped
     (what learners, replays and checkpoints are built for)."""
-    from distracer.algos.base import ActionSpec
-
     env = make_env(config, stock=True)
     try:
         return tuple(env.observation_space.shape), ActionSpec.from_space(env.action_space)
@@ -107,4 +102,4 @@ def env_spaces(config: EnvConfig) -> tuple[tuple[int, int, int], ActionSpec]:
         env.close()
 
 
-__all__ = ["EnvConfig", "env_spaces", "make_env", "STOCK_ID", "FAST_ID"]
+__all__ = ["ActionSpec", "EnvConfig", "env_spaces", "make_env", "STOCK_ID", "FAST_ID"]

@@ -15,7 +15,7 @@ import glob
 import json
 import os
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import lz4.block
 import numpy as np
@@ -23,9 +23,6 @@ import pyarrow as pa
 
 from distracer.atomic import sha256_file, write_bytes_atomically
 from distracer.errors import ConfigError
-
-if TYPE_CHECKING:
-    from distracer.replay.storage import FrameReplay
 
 FORMAT = "distracer.replay/1"
 MANIFEST = "replay.json"
@@ -35,6 +32,9 @@ SAVE_CHUNK = 8192
 
 class CorruptReplayError(ConfigError):
     """A saved replay directory that is missing, truncated, altered or of another layout."""
+
+
+R = TypeVar("R", bound="ReplayPersistence")
 
 
 class ReplayPersistence:
@@ -74,7 +74,7 @@ class ReplayPersistence:
                 os.remove(stale)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **overrides: Any) -> FrameReplay:
+    def load(cls: type[R], path: str | os.PathLike, **overrides: Any) -> R:
         """A replay built from a saved directory's config (`overrides` replace config values) and restored."""
         manifest = _read_manifest(os.fspath(path))
         config = {**manifest["config"], **overrides}

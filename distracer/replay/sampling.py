@@ -5,19 +5,14 @@ and nothing else."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import lz4.block
 import numpy as np
-
-if TYPE_CHECKING:
-    from distracer.replay.storage import FrameReplay
 
 
 class ReplaySampling:
     """`sample(batch_size)` and its helpers; only for FrameReplay."""
 
-    def sample(self: FrameReplay, batch_size: int) -> dict[str, np.ndarray]:
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of uniformly drawn transitions.
 
         Returns obs and next_obs uint8 [B, k*C, H, W] (oldest frame first, frames before the
@@ -43,7 +38,7 @@ class ReplaySampling:
             "discount": discount.astype(np.float32),
         }
 
-    def _draw_anchors(self: FrameReplay, batch_size: int) -> np.ndarray:
+    def _draw_anchors(self, batch_size: int) -> np.ndarray:
         """Slots of entries whose incoming transition can be rebuilt: uniform by rejection."""
         found: list[np.ndarray] = []
         need = batch_size
@@ -65,12 +60,12 @@ class ReplaySampling:
             "too few entries have their frame stack in the replay"
         )
 
-    def _pred_live(self: FrameReplay, prev: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    def _pred_live(self, prev: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Whether each `prev` slot still holds the predecessor of the entry at `slots`."""
         pseq = self._seq[prev]  # prev == -1 reads the last slot; masked out below
         return (prev >= 0) & (pseq >= self._oldest) & (pseq < self._seq[slots])
 
-    def _stack_indices(self: FrameReplay, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _stack_indices(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slots [B, k] of the frames stacked into the observation ending at `ends`, and their validity.
 
         Walks `prev` back k-1 times; at an episode's reset frame it stays there (the padding
@@ -90,7 +85,7 @@ class ReplaySampling:
             idx[:, j] = cur
         return idx, valid
 
-    def _n_step(self: FrameReplay, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _n_step(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Follow `next` up to n-1 times from each anchor, stopping at an episode's end or the stream's head.
 
         Returns the last entry's slot, the discounted reward sum, the steps summed and its terminated flag.
@@ -108,7 +103,7 @@ class ReplaySampling:
             done |= go & (self._terminated[cur] | self._truncated[cur])
         return cur, ret, steps, self._terminated[cur].astype(np.float64)
 
-    def _gather(self: FrameReplay, obs_idx: np.ndarray, next_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _gather(self, obs_idx: np.ndarray, next_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # One output allocation for both stacks: two separate multi-MB arrays per call page-fault
         # fresh memory each time under glibc's malloc (measured ~15 ms vs ~2 ms for batch 256).
         both = np.concatenate([obs_idx.ravel(), next_idx.ravel()])
@@ -121,7 +116,7 @@ class ReplaySampling:
         stacked = self._to_channels_first(frames, 2 * obs_idx.shape[0])
         return stacked[: obs_idx.shape[0]], stacked[obs_idx.shape[0] :]
 
-    def _decompress(self: FrameReplay, slots: np.ndarray) -> np.ndarray:
+    def _decompress(self, slots: np.ndarray) -> np.ndarray:
         """Frames at `slots`, decompressed into a scratch buffer reused across calls (valid until the next)."""
         if self._scratch is None or self._scratch.shape[0] < slots.size:
             # Reused because fresh multi-MB buffers cost a page fault per 4 KiB on every call.
@@ -135,7 +130,7 @@ class ReplaySampling:
             flat[i] = np.frombuffer(raw, np.uint8)
         return out
 
-    def _to_channels_first(self: FrameReplay, frames: np.ndarray, batch: int) -> np.ndarray:
+    def _to_channels_first(self, frames: np.ndarray, batch: int) -> np.ndarray:
         """[B*k, H, W(, C)] -> [B, k*C, H, W], oldest frame first."""
         k = self.frame_stack
         if len(self.frame_shape) == 2:

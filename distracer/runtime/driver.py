@@ -36,11 +36,11 @@ from distracer.config import TrainConfig, config_from_dict
 from distracer.envs import env_spaces
 from distracer.errors import ConfigError
 from distracer.evaluate import EvalResult, default_workers, evaluate_policy
+from distracer.ray_setup import check_fit, init_ray, joins_cluster, learner_gpus
 from distracer.runtime.actors import RunActors, actor_resources, bundle_layout
 from distracer.runtime.logger import BusyMeter, RunLogger
 from distracer.runtime.off_policy import OffPolicyLoop
 from distracer.runtime.on_policy import OnPolicyLoop
-from distracer.runtime.ray_setup import check_fit, init_ray, joins_cluster, learner_gpus
 from distracer.runtime.report import Counters, RunReport
 from distracer.runtime.selection import Selection, keep_as_best, select
 from distracer.runtime.worker import CollectStats

@@ -16,7 +16,7 @@ import ray
 from distracer.runtime.worker import CollectStats
 
 if TYPE_CHECKING:
-    from distracer.runtime.driver import Driver
+    from distracer.runtime.loop import LoopHost
 
 
 def allowed_updates(env_steps: int, ratio_base: tuple[int, int], learning_starts: int, replay_ratio: float) -> int:
@@ -39,7 +39,7 @@ class OffPolicyLoop:
     are published.
     """
 
-    def __init__(self, driver: Driver):
+    def __init__(self, driver: LoopHost):
         self.driver = driver
         cfg = driver.config
         self.algo = cfg.algo_config

@@ -19,11 +19,11 @@ from distracer.runtime.worker import CollectStats
 from distracer.runtime.worker_deaths import PART_DIED
 
 if TYPE_CHECKING:
-    from distracer.runtime.driver import Driver
+    from distracer.runtime.loop import LoopHost
 
 
 class OnPolicyLoop:
-    def __init__(self, driver: Driver):
+    def __init__(self, driver: LoopHost):
         self.driver = driver
         self.num_steps = driver.config.algo_config.num_steps
         self.lag = driver.config.algo_config.policy_lag

@@ -78,7 +78,7 @@ def check_fits_cluster(search: Search) -> None:
 
 def resolve_gpus(search: Search) -> None:
     """Fix learner_gpus=-1 (auto) against the running cluster, so the placement group and the driver agree."""
-    from distracer.runtime.ray_setup import learner_gpus
+    from distracer.ray_setup import learner_gpus
 
     gpus = learner_gpus(search.config.resources)
     search.base = deep_merge(search.base, {"resources": {"learner_gpus": gpus}})
@@ -164,7 +164,7 @@ def _best_checkpoint(result: Any, settings: TuneSettings) -> tuple[Any, float | 
 
 def cmd_tune(args: Any) -> int:
     """`distracer tune --config FILE [--set k=v]` or `distracer tune --resume EXPERIMENT_DIR`."""
-    from distracer.runtime.ray_setup import init_ray
+    from distracer.ray_setup import init_ray
 
     if args.resume and (args.config or args.overrides):
         raise ConfigError("--resume takes the experiment's saved config; drop --config/--set")
