@@ -23,7 +23,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from distracer.algos.base import Learner
-from distracer.checkpoint import check_writable_dir, checkpoints_in, learner_from_checkpoint, save_checkpoint
+from distracer.checkpoint import (
+    check_writable_dir,
+    checkpoints_in,
+    learner_from_checkpoint,
+    refuse_inside_checkpoint,
+    save_checkpoint,
+)
 from distracer.errors import ConfigError
 
 MIN_INPUTS = 2
@@ -58,6 +64,7 @@ def check_out_dir(out_root: str | Path, inputs: Sequence[Path]) -> Path:
     the directory an input sits in), where the average would pass for the run's newest checkpoint in
     `distracer evaluate` and `--resume auto`."""
     out = Path(out_root)
+    refuse_inside_checkpoint(out, "--out")
     parents = {Path(p).resolve().parent for p in inputs}
     if (out / "checkpoints").is_dir() or out.resolve() in parents:
         raise ConfigError(f"--out {str(out)!r} is a run's own directory: the average would pass for its newest "

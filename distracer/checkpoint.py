@@ -138,6 +138,30 @@ def check_writable_dir(path: str | Path, what: str = "run_dir") -> Path:
     return path
 
 
+def sealed_checkpoint_around(path: str | Path) -> Path | None:
+    """The sealed checkpoint that `path` is, or lies inside (a directory whose MANIFEST.json is this format's),
+    else None; `path` need not exist yet."""
+    here = Path(path).resolve()
+    for candidate in (here, *here.parents):
+        manifest = candidate / MANIFEST
+        if manifest.is_file():
+            try:
+                if json.loads(manifest.read_text()).get("format") == FORMAT:
+                    return candidate
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                return candidate  # a damaged manifest is still a checkpoint's: never write into it
+    return None
+
+
+def refuse_inside_checkpoint(path: str | Path, flag: str) -> None:
+    """ConfigError when `path` (an output of `flag`) is a sealed checkpoint or inside one: sealed checkpoints never
+    change (their manifest would no longer match, and `--resume auto` or `evaluate` would read the output)."""
+    sealed = sealed_checkpoint_around(path)
+    if sealed is not None:
+        raise ConfigError(f"{flag} {str(path)!r} is inside the sealed checkpoint {str(sealed)!r}, and sealed "
+                          "checkpoints never change; write it elsewhere")
+
+
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
     """Sealed checkpoints under `ckpt_root`, oldest first (temporary directories are ignored)."""
     root = Path(ckpt_root)

@@ -23,6 +23,7 @@ from distracer.algos import ALGOS, config_class, spec
 from distracer.algos.base import DeviceConfig
 from distracer.envs.config import TRAINING_ONLY_FIELDS, EnvConfig
 from distracer.errors import ConfigError
+from distracer.strict_yaml import load_yaml
 
 
 @dataclass
@@ -445,10 +446,7 @@ def _file_layers(path: Path, seen: tuple[Path, ...]) -> list[tuple[dict[str, Any
         raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.resolve() in seen:
         raise ConfigError(f"config file {str(path)!r} extends itself")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = load_yaml(path.read_text(), f"config file {str(path)!r}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     parents = data.pop("extends", []) or []

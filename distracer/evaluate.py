@@ -28,7 +28,7 @@ import torch
 
 from distracer.algos import build_policy
 from distracer.algos.base import PolicyWeights
-from distracer.checkpoint import learner_from_checkpoint
+from distracer.checkpoint import learner_from_checkpoint, refuse_inside_checkpoint
 from distracer.envs import STOCK_ID, EnvConfig, make_env
 from distracer.envs.wrappers import STANDSTILL_SPEED, car_speed
 from distracer.errors import ConfigError
@@ -375,6 +375,8 @@ def evaluate_checkpoint(path: str | Path, episodes: int = 10, seed: int | None =
         raise ConfigError(f"--max-steps {max_steps} must be >= 1")
     if side_by_side and video_dir is None:
         raise ConfigError("--side-by-side needs --video DIR")
+    if video_dir is not None:
+        refuse_inside_checkpoint(video_dir, "--video")
     videos = check_video_dir(video_dir) if video_dir is not None else None
     loaded = load_for_evaluation(path, trust_pickle, vecnorm, action_repeat, color)
     seeds = eval_seeds(loaded, episodes, seed)
@@ -448,6 +450,7 @@ def _report(loaded: Loaded, result: EvalResult, wall: float, workers: int, max_s
 def _check_json_path(path: str | None) -> None:
     if path is None:
         return
+    refuse_inside_checkpoint(path, "--json")
     parent = Path(path).resolve().parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise ConfigError(f"--json {path!r}: directory {str(parent)!r} does not exist or is not writable")

@@ -105,6 +105,9 @@ def plot_runs(paths: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     if not out.parent.resolve().is_dir():
         raise ConfigError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    from distracer.checkpoint import refuse_inside_checkpoint  # here: the module pulls in torch
+
+    refuse_inside_checkpoint(out, "--out")
     runs = [load_run(m) for p in paths for m in find_metrics(p)]
     groups: dict[str, list[RunCurve]] = {}
     for run in runs:

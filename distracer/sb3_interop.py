@@ -245,13 +245,14 @@ class _SpacesEnv(gym.Env):
 
 def export_sb3(checkpoint: str | Path, out: str | Path) -> tuple[Path, str]:
     """Write a distracer PPO or DQN checkpoint as an SB3 `.zip`; returns (path written, algo)."""
-    from distracer.checkpoint import learner_from_checkpoint
+    from distracer.checkpoint import learner_from_checkpoint, refuse_inside_checkpoint
 
     out = Path(out)
     if out.suffix != ".zip":
         raise ConfigError(f"--out {str(out)!r} must end in .zip (SB3 adds it otherwise)")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    refuse_inside_checkpoint(out, "--out")
     learner, config, _ = learner_from_checkpoint(checkpoint)
     if config.algo not in EXPORTABLE:
         raise ConfigError(f"a {config.algo} checkpoint cannot be exported to SB3: SB3's SAC uses separate actor and "

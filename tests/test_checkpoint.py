@@ -180,3 +180,34 @@ def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_temporary(tmp_path,
         save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {"counters": {}}, 2)
     assert list_checkpoints(tmp_path) == [first]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_outputs_inside_a_sealed_checkpoint_are_refused_by_every_command(tmp_path):
+    """average --out, evaluate --json/--video, export --out and plot --out: a path equal to, or inside, a sealed
+    checkpoint stops in one line before anything is written (sealed checkpoints never change)."""
+    from test_evaluate import make_checkpoint, run_cli
+
+    from distracer.averaging import check_out_dir
+    from distracer.checkpoint import refuse_inside_checkpoint, sealed_checkpoint_around
+    from distracer.evaluate import evaluate_checkpoint
+    from distracer.plot import plot_runs
+    from distracer.sb3_interop import export_sb3
+
+    ckpt = make_checkpoint(tmp_path / "run", "ppo", step=8)
+    before = sorted(p.name for p in ckpt.iterdir())
+    assert sealed_checkpoint_around(ckpt / "sub" / "x.json") == ckpt.resolve()
+    assert sealed_checkpoint_around(tmp_path / "run" / "elsewhere") is None
+    sealed = "is inside the sealed checkpoint"
+    with pytest.raises(ConfigError, match=f"--out '{ckpt}' {sealed}"):
+        check_out_dir(ckpt, [ckpt])
+    with pytest.raises(ConfigError, match=sealed):
+        evaluate_checkpoint(ckpt, episodes=1, video_dir=ckpt / "videos", log=lambda _: None)
+    with pytest.raises(ConfigError, match=sealed):
+        export_sb3(ckpt, ckpt / "model.zip")
+    with pytest.raises(ConfigError, match=sealed):
+        plot_runs([tmp_path / "run"], ckpt / "curves.png")
+    with pytest.raises(ConfigError, match=sealed):
+        refuse_inside_checkpoint(ckpt / "report.json", "--json")
+    done = run_cli("evaluate", "--checkpoint", str(ckpt), "--episodes", "1", "--json", str(ckpt / "report.json"))
+    assert done.returncode == 2 and f"--json '{ckpt / 'report.json'}' {sealed}" in done.stderr
+    assert sorted(p.name for p in ckpt.iterdir()) == before

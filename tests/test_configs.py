@@ -302,3 +302,24 @@ def test_the_log_std_ceiling_is_checked_against_the_action_space_before_anything
     with pytest.raises(ConfigError, match="ppo.accel_log_std_init sets a Gaussian's std"):
         load_config(["tune_configs/ppo.yaml"], ["ppo.accel_log_std_init=-3", "env.action_space=discrete"])
     assert load_config(["tune_configs/ppo.yaml"], ["ppo.accel_log_std_init=-3"]).ppo.accel_log_std_init == -3.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("algo: ppo\nppo:\n  n_epochs: 5\n  n_epochs: 7\n", r"key 'n_epochs' is given twice in one mapping \(lines 3 and 4\)"),
+    ("ppo:\n  n_epochs: 5\nppo:\n  gamma: 0.9\n", r"key 'ppo' is given twice in one mapping \(lines 1 and 3\)"),
+    ("algo: ppo\nppo:\n\tn_epochs: 5\n", r"not valid YAML at line 3, column 1: found character '\\t' that cannot start"),
+    ("algo: [ppo\n", r"not valid YAML at line 2, column 1: .*expected ',' or ']'"),
+])
+def test_config_files_with_a_key_twice_or_bad_syntax_are_refused_saying_where(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"config file '{path}': {message}"):
+        load_config([str(path)], [])
+
+
+def test_yaml_anchors_and_merge_keys_still_load(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &b {n_epochs: 3}\nalgo: ppo\nppo:\n  <<: *b\n  gamma: 0.98\n")
+    from distracer.strict_yaml import load_yaml
+
+    assert load_yaml(path.read_text(), "x")["ppo"] == {"n_epochs": 3, "gamma": 0.98}

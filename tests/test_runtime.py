@@ -230,3 +230,17 @@ def test_best_evaluation_and_timed_checkpoints_are_kept(ray_local, tmp_path):
     wall = [json.load(open(p / "state.json"))["counters"]["wall_seconds"]
             for p in list_checkpoints(tmp_path / "ppo" / "checkpoints")]
     assert wall == sorted(wall)
+
+
+def test_a_run_ends_with_one_checkpoint_per_step(ray_local, tmp_path):
+    """The closing evaluation re-saves the last step's weights with its score: that replaces the checkpoint of the
+    same step (it used to leave ckpt_<step> and ckpt_<step>_1)."""
+    from distracer.checkpoint import list_checkpoints, load_checkpoint
+
+    config = small_config(tmp_path, "ppo", "total_env_steps=128", "checkpoint.every_env_steps=1",
+                          "checkpoint.keep=100")
+    summary = train(config, handle_signals=False)
+    names = [p.name for p in list_checkpoints(tmp_path / "ppo" / "checkpoints")]
+    assert names and not any(name.count("_") > 1 for name in names), names  # no ckpt_<step>_<n>
+    last = load_checkpoint(summary["checkpoint"])
+    assert last.path.name == names[-1] and last.state["counters"]["last_eval"] == summary["eval_return_mean"]

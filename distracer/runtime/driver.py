@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -24,6 +25,7 @@ import numpy as np
 import ray
 
 from distracer.algos import spec
+from distracer.atomic import fsync_dir
 from distracer.checkpoint import (
     Checkpoint,
     check_writable_dir,
@@ -106,6 +108,7 @@ class Driver:
         self.next_timed_checkpoint: float | None = None  # seconds since start (checkpoint.every_minutes)
         self.best_checkpoint: Path | None = None
         self.selection: Selection | None = None
+        self._saved_step: tuple[int, int] | None = None  # (env steps, updates) of this process's newest checkpoint
         self.recoveries_here = 0  # resources.max_recoveries counts this process's recoveries, not the run's
         # What a recovery rebuilds from: the newest checkpoint this process wrote, else the one it resumed from.
         self.recovery_point: Path | None = self.checkpoint.path if self.checkpoint is not None else None
@@ -375,7 +378,7 @@ class Driver:
         for name, value in carried.items():
             setattr(self.counters, name, value)
         self.counters.wall_seconds = wall_seconds
-        self.last_checkpoint, self._saved_progress = point, None
+        self.last_checkpoint, self._saved_progress, self._saved_step = point, None, None
         self.eval_ref = self.eval_state = None
         self.eval_started_at = -1
         self.logger.scalar("system/recoveries", self.counters.recoveries, self.counters.env_steps)
@@ -450,9 +453,18 @@ class Driver:
         c.wall_seconds = (self.training_ended_at or time.time()) - self.start_time
         learner_state = ray.get(self.actors.learner.state_dict.remote())
         write_replay = self.actors.save_replay if self.config.checkpoint.save_replay and self.off_policy else None
+        same_step = self.last_checkpoint if self._saved_step == (c.env_steps, c.num_updates) else None
         self.last_checkpoint = save_checkpoint(self.run_dir / "checkpoints", learner_state,
                                                self._checkpoint_state(dict(c.__dict__)), c.env_steps, write_replay,
                                                keep=self.config.checkpoint.keep)
+        self._saved_step = (c.env_steps, c.num_updates)
+        if same_step is not None and same_step != self.last_checkpoint:
+            # The same weights again with newer counters (the closing evaluation's score): one checkpoint a step,
+            # under the step's own name. The new one is sealed before the old one goes.
+            shutil.rmtree(same_step, ignore_errors=True)
+            os.replace(self.last_checkpoint, same_step)
+            fsync_dir(same_step.parent)
+            self.last_checkpoint = same_step
         self.recovery_point = self.last_checkpoint
         self.logger.info(f"distracer: checkpoint {self.last_checkpoint}")
         if self.reporter is not None:
