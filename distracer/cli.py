@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from distracer.errors import ConfigError
+from distracer.errors import ConfigError, StopNow, StoppedWithoutFinal
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"distracer: error: {exc}", file=sys.stderr)
         return 2
+    except StoppedWithoutFinal as exc:  # a stop that was asked for: the newest checkpoint stands
+        print(f"distracer: {exc}", file=sys.stderr)
+        return 0
+    except StopNow as exc:
+        print(f"distracer: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("distracer: interrupted", file=sys.stderr)
         return 130

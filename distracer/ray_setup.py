@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import ray
@@ -51,8 +53,37 @@ def init_ray(resources: ResourcesConfig) -> bool:
                               f"({kwargs['object_store_memory'] / 1e9:.2f} GB) exceeds the {available / 1e9:.2f} GB "
                               "of RAM available; lower it (the laptop preset uses 200MB)")
     private_auth_token()
-    ray.init(**kwargs)
+    with own_sessions():
+        ray.init(**kwargs)
     return True
+
+
+@contextlib.contextmanager
+def own_sessions() -> Iterator[None]:
+    """While the embedded Ray starts, its processes (GCS, raylet and the workers the raylet forks, agents) start in
+    sessions of their own, out of the driver's process group.
+
+    Why: schedulers, `timeout`, a closed terminal and `kill -- -PGID` signal a job's whole process group. Ray's
+    processes ignore SIGINT but die of SIGTERM and SIGHUP, so the driver, told to stop after a final checkpoint,
+    found its learner and workers already dead (docs/RELIABILITY.md). Out of the group, only the driver hears the
+    signal and it shuts them down itself; they still die with the driver (Ray's kernel fate-sharing), and
+    `ray.shutdown()` still stops them. Ray 2.60 starts them through `ray._private.services.ConsolePopen` (a
+    `subprocess.Popen`); tests/test_signals.py signals a real group, so a Ray that changes this fails there.
+    """
+    from ray._private import services
+
+    original = services.ConsolePopen
+
+    class OwnSession(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any):
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
 
 
 def cluster_address(resources: ResourcesConfig) -> str | None:

@@ -54,3 +54,79 @@ def test_signal_stops_with_final_checkpoint_and_resumes(tmp_path, sig):
     after = json.loads((run_dir / "summary.json").read_text())
     assert after["env_steps"] >= steps + 32
     assert after["num_updates"] >= summary["num_updates"]
+
+
+def start_in_own_group(run_dir) -> subprocess.Popen:
+    """`distracer train` as a scheduler starts a job: a process group of its own, which it then signals whole."""
+    return subprocess.Popen(train_cmd(run_dir, 1_000_000), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, run_dir) -> None:
+    deadline = time.time() + 240
+    while not list_checkpoints(run_dir / "checkpoints") and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert list_checkpoints(run_dir / "checkpoints"), proc.communicate()[0][-3000:]
+
+
+# SIGTERM to the group is what `timeout`, systemd and container runtimes send; SIGHUP a closed terminal; SIGUSR1
+# Slurm's --signal warning. One handler serves them all (runtime/driver.py STOP_SIGNALS): SIGTERM in the default
+# suite, the others with `make test-slow`.
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow),
+                                 pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)])
+def test_a_signal_to_the_whole_process_group_ends_with_a_final_checkpoint(tmp_path, sig):
+    import os
+
+    run_dir = tmp_path / "run"
+    proc = start_in_own_group(run_dir)
+    wait_for_checkpoint(proc, run_dir)
+    os.killpg(proc.pid, sig)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"{sig.name} received; stopping after a final checkpoint" in out
+    assert "died" not in out and "rebuilding" not in out, out[-3000:]  # Ray's processes did not hear it
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert load_checkpoint(run_dir).state["counters"]["env_steps"] == summary["env_steps"]
+
+
+def test_a_second_signal_stops_at_once_leaving_the_sealed_checkpoints_intact(tmp_path):
+    import os
+    import threading
+
+    run_dir = tmp_path / "run"
+    proc = start_in_own_group(run_dir)
+    wait_for_checkpoint(proc, run_dir)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.time() + 60
+    while not any("received; stopping" in line for line in lines) and time.time() < deadline:
+        time.sleep(0.01)  # the first is taken (the driver said so) before the second is sent
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "SIGTERM received again, so stopped at once; the newest checkpoint is" in out
+    for ckpt in list_checkpoints(run_dir / "checkpoints"):
+        load_checkpoint(ckpt)  # every one sealed and verified: nothing half-written
+
+
+def test_a_recovered_shard_death_reads_as_one_line_not_rays_stacks(tmp_path):
+    """A replay shard killed mid-run: the driver rebuilds the run and finishes; the log says so in its own line,
+    without Ray's 'Unhandled error' stacks for every fragment push the dead shard failed (consumed, not dropped)."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(run_dir, 600), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_checkpoint(proc, run_dir)
+    shards = [p for p in psutil.Process(proc.pid).children(recursive=True)
+              if "ReplayShard" in " ".join(p.cmdline())]
+    assert shards, "no replay shard process found under the driver"
+    shards[0].kill()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "rebuilding the run" in out, out[-3000:]
+    assert "Unhandled error" not in out, out[-6000:]
+    assert json.loads((run_dir / "summary.json").read_text())["recoveries"] == 1

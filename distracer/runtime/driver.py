@@ -36,7 +36,7 @@ from distracer.checkpoint import (
 )
 from distracer.config import TrainConfig, config_from_dict
 from distracer.envs import env_spaces
-from distracer.errors import ConfigError
+from distracer.errors import ConfigError, StopNow, StoppedWithoutFinal
 from distracer.evaluate import EvalResult, default_workers, evaluate_policy
 from distracer.ray_setup import check_fit, init_ray, joins_cluster, learner_gpus
 from distracer.runtime.actors import RunActors, actor_resources, bundle_layout
@@ -52,6 +52,12 @@ from distracer.runtime.worker_deaths import PART_DIED, WorkerDeaths
 ENV_SWITCH_SALT = 1_000_000
 
 Reporter = Callable[[RunReport], None]
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")
+                     if hasattr(signal, name))
+"""What the driver takes as "stop after a final checkpoint": Ctrl-C, what schedulers and `ray job stop` send
+(SIGTERM), a closed terminal or SSH session (SIGHUP), and Slurm's `--signal` warning of preemption (SIGUSR1)."""
+
 __all__ = ["Counters", "Driver", "Reporter", "RunReport", "bundle_layout", "train"]
 
 
@@ -295,6 +301,8 @@ class Driver:
                 self._evaluate_now_if_needed()
                 self._save()
             except PART_DIED as exc:
+                if self.stop_requested.is_set():
+                    raise StoppedWithoutFinal(self._stopped_line(exc)) from None
                 raise ConfigError(f"{self._died_line(exc)} while the run was ending; its training is done; the newest "
                                   f"checkpoint is {self.recovery_point or 'none'}") from None
             placement = self.actors.placement()
@@ -323,6 +331,8 @@ class Driver:
                     return
                 self._switch_env()
             except PART_DIED as exc:
+                if self.stop_requested.is_set():  # a run asked to stop is never rebuilt
+                    raise StoppedWithoutFinal(self._stopped_line(exc)) from None
                 died = exc
 
     # ----- the env switch
@@ -346,6 +356,11 @@ class Driver:
     def _died_line(self, exc: BaseException) -> str:
         dead = self.actors.dead_parts() or [f"a part of the run ({type(exc).__name__})"]
         return f"{' and '.join(dead)} died"
+
+    def _stopped_line(self, exc: BaseException) -> str:
+        return (f"stopped as asked, but {self._died_line(exc)} with the stop signal (a scheduler that signals every "
+                f"process of the job: docs/RELIABILITY.md), so no final checkpoint; the newest is "
+                f"{self.recovery_point or 'none'}; --resume auto continues from it")
 
     def _recover(self, exc: BaseException) -> None:
         """A part died: rebuild every actor from this run's newest checkpoint (the learner with its optimiser and
@@ -531,10 +546,14 @@ class Driver:
         previous = {}
 
         def request_stop(signum, _frame):
-            self.logger.info(f"distracer: {signal.Signals(signum).name} received; stopping after a final checkpoint")
+            name = signal.Signals(signum).name
+            if self.stop_requested.is_set():  # the second: at once, leaving the sealed checkpoints as they are
+                raise StopNow(f"{name} received again, so stopped at once; the newest checkpoint is "
+                              f"{self.recovery_point or 'none'}", signum)
+            self.logger.info(f"distracer: {name} received; stopping after a final checkpoint (again: at once)")
             self.stop_requested.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             previous[sig] = signal.signal(sig, request_stop)
         return previous
 

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
+
+import ray
 
 if TYPE_CHECKING:
     from distracer.config import TrainConfig
@@ -45,3 +47,18 @@ class LoopHost(Protocol):
 
     def budget_used(self) -> float:
         """The fraction of `max_minutes` spent so far (0 without a time budget)."""
+
+
+def settle(refs: Iterable[Any], timeout_s: float = 10.0) -> None:
+    """Read the calls a loop leaves in flight when a part died, failures and all, so that Ray does not log each
+    failed one as an 'Unhandled error' stack when it is dropped; the driver's own line says what happened. Calls
+    still running after `timeout_s` are left to the actors' teardown."""
+    refs = list(refs)
+    if not refs:
+        return
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: S110 - read to be handled; the death that caused it is reported already
+            pass

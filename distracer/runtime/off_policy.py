@@ -9,14 +9,12 @@ trains on batches it samples itself; the driver holds the replay ratio and hands
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import ray
 
+from distracer.runtime.loop import LoopHost, settle
 from distracer.runtime.worker import CollectStats
-
-if TYPE_CHECKING:
-    from distracer.runtime.loop import LoopHost
+from distracer.runtime.worker_deaths import PART_DIED
 
 
 def allowed_updates(env_steps: int, ratio_base: tuple[int, int], learning_starts: int, replay_ratio: float) -> int:
@@ -65,6 +63,13 @@ class OffPolicyLoop:
         return self.allowed_updates() - self.driver.counters.num_updates
 
     def run(self) -> None:
+        try:
+            self._run()
+        except PART_DIED:
+            settle(self.pending)
+            raise
+
+    def _run(self) -> None:
         d = self.driver
         while not d.done():
             for i in range(len(d.actors.workers)):

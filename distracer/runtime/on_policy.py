@@ -10,16 +10,14 @@ log-probs, as in APPO / IMPALA-style PPO (or, with `ppo.decoupled`, clipped agai
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 from ray.exceptions import RayTaskError
 
+from distracer.runtime.loop import LoopHost, settle
 from distracer.runtime.worker import CollectStats
 from distracer.runtime.worker_deaths import PART_DIED
-
-if TYPE_CHECKING:
-    from distracer.runtime.loop import LoopHost
 
 
 class OnPolicyLoop:
@@ -34,6 +32,14 @@ class OnPolicyLoop:
                 for w in d.actors.workers]
 
     def run(self) -> None:
+        self.outstanding: list[Any] = []  # the calls in flight, read when a part dies (`loop.settle`)
+        try:
+            self._run()
+        except PART_DIED:
+            settle(self.outstanding)
+            raise
+
+    def _run(self) -> None:
         d = self.driver
         calls: list[Any] | None = None
         while not d.done():
@@ -42,6 +48,7 @@ class OnPolicyLoop:
                                                                     budget_used=d.budget_used())
             stats_refs = [c[1] for c in calls]
             calls = self._launch() if self.lag else None  # lag: with the weights the learner is updating now
+            self.outstanding = [metrics_ref, *stats_refs, *[ref for c in calls or [] for ref in c]]
             collected = self._round_stats(stats_refs)
             if collected is None:  # a worker died: Ray restarts it; the update on its rollout fails, untouched
                 with contextlib.suppress(RayTaskError, *PART_DIED):

@@ -160,8 +160,7 @@ class RolloutWorker:
     def _push_fragments(self) -> None:
         # One round of adds in flight: a slow shard pushes back on its workers, and the worker steps its
         # envs while the shard stores the previous fragments instead of waiting on each round trip.
-        if self.pending_adds:
-            ray.get(self.pending_adds)
+        self._settle_adds()
         self.pending_adds = [
             self.shard.add.remote(f) for f in (b.flush(self.weights_version) for b in self.builders) if f
         ]
@@ -170,10 +169,22 @@ class RolloutWorker:
         """Wait until the fragments pushed so far are in the shard (a checkpoint's consistent moment); returns
         how many add calls were waited on."""
         waited = len(self.pending_adds)
-        if self.pending_adds:
-            ray.get(self.pending_adds)
-        self.pending_adds = []
+        self._settle_adds()
         return waited
+
+    def _settle_adds(self) -> None:
+        """Wait for the adds in flight. If the shard died, read every failed add (so Ray does not log each as an
+        unhandled error when it is dropped: one stack per fragment) and raise the first failure: the driver's
+        one line and its recovery follow."""
+        pending, self.pending_adds = self.pending_adds, []
+        first: BaseException | None = None
+        for ref in pending:
+            try:
+                ray.get(ref)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     # ----- on-policy (PPO) -----
     def collect_rollout(self, num_steps: int, weights: PolicyWeights) -> tuple[Any, CollectStats]:
