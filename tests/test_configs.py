@@ -305,9 +305,11 @@ def test_the_log_std_ceiling_is_checked_against_the_action_space_before_anything
 
 
 @pytest.mark.parametrize("text, message", [
-    ("algo: ppo\nppo:\n  n_epochs: 5\n  n_epochs: 7\n", r"key 'n_epochs' is given twice in one mapping \(lines 3 and 4\)"),
+    ("algo: ppo\nppo:\n  n_epochs: 5\n  n_epochs: 7\n",
+     r"key 'n_epochs' is given twice in one mapping \(lines 3 and 4\)"),
     ("ppo:\n  n_epochs: 5\nppo:\n  gamma: 0.9\n", r"key 'ppo' is given twice in one mapping \(lines 1 and 3\)"),
-    ("algo: ppo\nppo:\n\tn_epochs: 5\n", r"not valid YAML at line 3, column 1: found character '\\t' that cannot start"),
+    ("algo: ppo\nppo:\n\tn_epochs: 5\n",
+     r"not valid YAML at line 3, column 1: found character '\\t' that cannot start"),
     ("algo: [ppo\n", r"not valid YAML at line 2, column 1: .*expected ',' or ']'"),
 ])
 def test_config_files_with_a_key_twice_or_bad_syntax_are_refused_saying_where(tmp_path, text, message):

@@ -130,3 +130,28 @@ def test_a_recovered_shard_death_reads_as_one_line_not_rays_stacks(tmp_path):
     assert "rebuilding the run" in out, out[-3000:]
     assert "Unhandled error" not in out, out[-6000:]
     assert json.loads((run_dir / "summary.json").read_text())["recoveries"] == 1
+
+
+@pytest.mark.slow  # ~1 min: a real run under the Slurm recipe's shell, without Slurm
+def test_the_slurm_recipe_passes_the_warning_to_the_driver_alone(tmp_path):
+    """cluster/slurm_train.sbatch run as Slurm would (its shell in a group of its own), then SIGUSR1 to that shell
+    (`--signal=B:USR1`): the driver writes its final checkpoint and the script exits 0 (no requeue outside Slurm)."""
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    run_dir = tmp_path / "run"
+    args = ["--algo", "sac_drq", "--preset", "cpu"] + [a for o in OVERRIDES + [f"run_dir={run_dir}",
+                                                                             "total_env_steps=1000000"]
+                                                       for a in ("--set", o)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.Popen(["bash", str(repo / "cluster" / "slurm_train.sbatch")], cwd=repo, text=True,
+                            env={**env, "RUN_ARGS": " ".join(args)}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for_checkpoint(proc, run_dir)
+    os.kill(proc.pid, signal.SIGUSR1)  # the batch shell only, as B: does
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGUSR1 received; stopping after a final checkpoint" in out and "requeueing" not in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert load_checkpoint(run_dir).state["counters"]["env_steps"] == summary["env_steps"]
