@@ -115,7 +115,7 @@ class Sides:
 
 
 def off_policy_sides(case: Case, device: str, pool: tuple[np.ndarray, np.ndarray],
-                     rng: np.random.Generator) -> Sides:
+                     rng: np.random.Generator, precision: str = "fp32") -> Sides:
     from stable_baselines3 import DQN, SAC
 
     from distracer.algos.base import ActionSpec, DeviceConfig
@@ -132,7 +132,7 @@ def off_policy_sides(case: Case, device: str, pool: tuple[np.ndarray, np.ndarray
         idx = rng.choice(POOL, size=b, replace=False)
         batches.append({"obs": obs[idx], "action": actions[idx], "reward": rewards[idx],
                         "next_obs": next_obs[idx], "discount": (0.99 * ~terminated[idx]).astype(np.float32)})
-    dev = DeviceConfig(device=device, precision="fp32")
+    dev = DeviceConfig(device=device, precision=precision)
     if case.algo == "sac_drq":
         from distracer.algos.sac_drq import SACConfig, SACDrQLearner
 
@@ -175,7 +175,7 @@ def off_policy_sides(case: Case, device: str, pool: tuple[np.ndarray, np.ndarray
 
 
 def ppo_sides(case: Case, device: str, pool: tuple[np.ndarray, np.ndarray], rng: np.random.Generator,
-              rollout_size: int) -> Sides:
+              rollout_size: int, precision: str = "fp32") -> Sides:
     """One rollout of `rollout_size` transitions, PPO_EPOCHS epochs of minibatches per update call on both sides."""
     from stable_baselines3 import PPO
 
@@ -193,7 +193,7 @@ def ppo_sides(case: Case, device: str, pool: tuple[np.ndarray, np.ndarray], rng:
     cfg = PPOConfig(num_envs=1, num_steps=n, n_epochs=PPO_EPOCHS, minibatch_size=case.batch_size,
                     lr_schedule="constant")  # a schedule needs a run length; speed does not depend on it
     learner = PPOLearner(cfg, OBS_SHAPE, ActionSpec("continuous", 2),
-                         DeviceConfig(device=device, precision="fp32"), seed=0)
+                         DeviceConfig(device=device, precision=precision), seed=0)
     col = (n, 1)
     rollout = Rollout(obs=obs.reshape(n, 1, *OBS_SHAPE), actions=actions.reshape(n, 1, 2),
                       logprob=logprob.reshape(col), value=values.reshape(col), rewards=rewards.reshape(col),

@@ -1,4 +1,4 @@
-"""`distracer` command line: train | check | tune | evaluate | export | plot | average
+"""`distracer` command line: train | check | tune | evaluate | select | export | plot | average
 
 train, check and tune take `--config FILE` (repeatable, later files win) and `--set key.path=value`
 overrides. Bad input (a config, a checkpoint, a path) stops with one line on stderr and exit code 2,
@@ -129,17 +129,19 @@ _EXTRA_COMMANDS.append(_add_tune_command)
 
 
 def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
-    """evaluate | export | plot | average: their parsers live beside their code (evaluate.py, sb3_interop.py,
-    plot.py, averaging.py)."""
+    """evaluate | export | plot | average | select: their parsers live beside their code (evaluate.py,
+    sb3_interop.py, plot.py, averaging.py, runtime/selection.py)."""
     from distracer.averaging import add_average_parser
     from distracer.evaluate import add_evaluate_parser
     from distracer.plot import add_plot_parser
+    from distracer.runtime.selection import add_select_parser
     from distracer.sb3_interop import add_export_parser
 
     add_evaluate_parser(sub)
     add_export_parser(sub)
     add_plot_parser(sub)
     add_average_parser(sub)
+    add_select_parser(sub)
 
 
 _EXTRA_COMMANDS.append(_add_evaluation_commands)

@@ -74,3 +74,12 @@ def test_a_finished_run_keeps_its_pick_as_best_and_recommends_it(ray_local, tmp_
     assert policy and all(torch.equal(kept.learner_state["modules"]["policy"][k], v) for k, v in policy.items())
     assert "distracer: selection on 2 tracks" in out and "recommended:" in out
     assert any(line.startswith("distracer: recommended: ") and str(best[0]) in line for line in done_lines(summary))
+    # `distracer select` makes the same pick again for a run (here: on 2 other tracks' worth of the same seeds).
+    from distracer.cli import main
+
+    assert main(["select", str(tmp_path / "ppo"), "--episodes", "2", "--last", "2", "--workers", "1",
+                 "--json", str(tmp_path / "selection.json")]) == 0
+    again = json.loads((tmp_path / "selection.json").read_text())
+    assert again["candidates"] == record["candidates"]  # deterministic: the same policies on the same tracks
+    assert len(list_checkpoints(tmp_path / "ppo" / "best")) == 1
+    assert main(["select", str(tmp_path / "ppo"), "--episodes", "1"]) == 2  # one line, nothing started

@@ -185,10 +185,10 @@ class RunActors:
         ray.get([s.save.remote(str(directory / f"shard_{i}")) for i, s in enumerate(self.shards)])
 
     def placement(self) -> dict[str, Any]:
-        """Node id of each actor: shows where the learner, workers and shards ran."""
+        """Node id of each actor, and the learner's torch device: where the learner, workers and shards ran."""
 
         def node_of(actor: Any) -> str:
             return ray.get(actor.__ray_call__.remote(lambda _self: ray.get_runtime_context().get_node_id()))
 
-        return {"learner": node_of(self.learner), "workers": [node_of(w) for w in self.workers],
-                "shards": [node_of(s) for s in self.shards]}
+        return {"learner": node_of(self.learner), "learner_device": ray.get(self.learner.device.remote()),
+                "workers": [node_of(w) for w in self.workers], "shards": [node_of(s) for s in self.shards]}

@@ -17,6 +17,7 @@ tracks of its own (TEST_SEED_OFFSET), never on these.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -27,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from distracer.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint, save_checkpoint
+from distracer.checkpoint import (
+    STATE_FILE,
+    list_checkpoints,
+    load_checkpoint,
+    refuse_inside_checkpoint,
+    save_checkpoint,
+)
+from distracer.errors import ConfigError
 from distracer.evaluate import EvalResult, evaluate_parallel, load_for_evaluation
 
 SELECT_SEED_OFFSET = 500_000_000
@@ -158,3 +166,49 @@ def keep_as_best(run_dir: Path, selection: Selection) -> Path:
         if other != kept:
             shutil.rmtree(other, ignore_errors=True)
     return kept
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command: the same selection for a run that ended without one (stopped early, or older than it)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    import ray
+
+    from distracer.config import ResourcesConfig, config_from_dict
+    from distracer.evaluate import default_workers
+    from distracer.ray_setup import init_ray
+
+    run_dir = Path(args.run_dir)
+    steps = list_checkpoints(run_dir / "checkpoints")
+    if not steps:
+        raise ConfigError(f"{str(run_dir)!r} holds no checkpoints/ to select from (a run directory is needed)")
+    if args.episodes < 2 or args.last < 1:
+        raise ConfigError("--episodes must be >= 2 (a paired margin needs two tracks) and --last >= 1")
+    if args.json:
+        refuse_inside_checkpoint(args.json, "--json")
+    eval_seed = config_from_dict(load_checkpoint(steps[-1]).config).eval.seed
+    workers = args.workers or default_workers()
+    started = init_ray(ResourcesConfig(local_num_cpus=workers)) if workers > 1 else False
+    try:
+        selection = select(run_dir, eval_seed, args.episodes, args.last, workers)
+        kept = keep_as_best(run_dir, selection)
+    finally:
+        if started:
+            ray.shutdown()
+    print(f"distracer: recommended: {kept} (the {selection.best.label}); score it on 100 unseen episodes: "
+          f"distracer evaluate --checkpoint {kept} --episodes 100")
+    if args.json:
+        Path(args.json).write_text(json.dumps(selection.to_dict(), indent=1))
+    return 0
+
+
+def add_select_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("select", help="score a run's last checkpoints on shared tracks and keep the pick as "
+                                      "RUN_DIR/best (what a finished `train` does)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--episodes", type=int, default=20, help="selection tracks (the same for every candidate)")
+    p.add_argument("--last", type=int, default=3, help="the newest step checkpoints considered, the final included")
+    p.add_argument("--workers", type=int, default=None, help="episodes at once (default: this machine's CPUs)")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the selection record as JSON")
+    p.set_defaults(func=cmd_select)
