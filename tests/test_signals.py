@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -155,3 +156,28 @@ def test_the_slurm_recipe_passes_the_warning_to_the_driver_alone(tmp_path):
     assert "SIGUSR1 received; stopping after a final checkpoint" in out and "requeueing" not in out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert load_checkpoint(run_dir).state["counters"]["env_steps"] == summary["env_steps"]
+
+
+def test_a_stop_that_kills_every_process_of_the_job_ends_in_one_line_without_a_rebuild(tmp_path):
+    """What systemd's default KillMode and Slurm's job end do: SIGTERM to the driver and to every Ray process under
+    it at once. The learner and workers die with it, so no final checkpoint can be written: the run is never rebuilt,
+    says so in one line naming the newest checkpoint, and exits 0 promptly; that checkpoint loads."""
+    import os
+
+    import psutil
+
+    run_dir = tmp_path / "run"
+    proc = start_in_own_group(run_dir)
+    wait_for_checkpoint(proc, run_dir)
+    everyone = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    started = time.time()
+    for pid in everyone:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-3000:]
+    assert "rebuilding the run" not in out, out[-3000:]
+    assert ("stopped as asked, but" in out and "--resume auto continues from it" in out) or \
+        "distracer: done:" in out, out[-3000:]
+    assert time.time() - started < 45, f"took {time.time() - started:.0f} s to stop"
+    load_checkpoint(run_dir)

@@ -224,7 +224,10 @@ class Driver:
             self.logger.episode(ret, length, end, c.env_steps)
 
     def _on_worker_death(self, index: int) -> None:
-        self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")
+        if self.stop_requested.is_set():
+            self.logger.info(f"distracer: rollout worker {index} died while the run was stopping")
+        else:
+            self.logger.info(f"distracer: rollout worker {index} died; Ray restarts it and training goes on")
         self.counters.worker_restarts += 1
         self.logger.scalar("system/worker_restarts", self.counters.worker_restarts, self.counters.env_steps)
 
