@@ -100,3 +100,33 @@ def test_job_submit_trains_with_token_auth(local_head, tmp_path):
     assert ckpt.state["counters"]["env_steps"] == summary["env_steps"]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics and metrics[-1]["env_steps"] == summary["env_steps"]
+
+
+@pytest.mark.slow  # ~1.5 min: a head of its own, then a run on it
+def test_a_driver_on_a_joined_cluster_stops_on_a_group_signal_with_a_final_checkpoint(local_head, tmp_path):
+    """`distracer train` joined to a running cluster (RAY_ADDRESS = its GCS), in a process group of its own that
+    gets SIGTERM whole: the cluster's processes are not in it; the driver writes its final checkpoint, exits 0,
+    and the cluster stays up."""
+    import signal
+
+    from distracer.checkpoint import list_checkpoints
+
+    run_dir = tmp_path / "joined"
+    env = {**_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": local_head["RAY_AUTH_TOKEN_PATH"],
+           "RAY_ADDRESS": local_head["DISTRACER_RAY_GCS_ADDRESS"]}
+    sets = [a for item in TRAIN[:-2] + ["total_env_steps=1000000", "checkpoint.every_env_steps=64",
+                                        f"run_dir={run_dir}"] for a in ("--set", item)]
+    proc = subprocess.Popen([sys.executable, "-m", "distracer", "train", *sets], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 240
+    while not list_checkpoints(run_dir / "checkpoints") and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert list_checkpoints(run_dir / "checkpoints"), proc.communicate()[0][-3000:]
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM received; stopping after a final checkpoint" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert load_checkpoint(run_dir).state["counters"]["env_steps"] == summary["env_steps"]
+    assert _get(f"{local_head['RAY_ADDRESS']}/api/jobs/",
+                Path(local_head["RAY_AUTH_TOKEN_PATH"]).read_text().strip())[0] == 200  # the head is still up

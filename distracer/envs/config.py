@@ -52,7 +52,8 @@ class EnvConfig:
     """Training only: end an episode once the car is back across the start line with more than this fraction of
     the tiles visited (CarRacing's own `lap_complete_percent` rule, 0.95, that Gymnasium 1.2.2 never applies:
     issue #1269), rather than drive on to frame 1,000 for the tiles it missed; 0 = off. Evaluation always runs
-    the full stock episode. `LapEndTermination`."""
+    the full stock episode. `LapEndTermination`. Measured once (recipe `ppo_lap_end`, seed 1): no gain, since
+    most missed tiles are never reached and such a lap never gets back to the line (docs/RESULTS.md)."""
 
     def validate(self) -> None:
         if self.action_space not in ACTION_SPACES:
