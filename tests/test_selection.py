@@ -42,6 +42,25 @@ def test_a_pick_never_scores_below_the_final_on_the_selection_tracks(tracks, fin
     assert np.mean(returns[chosen]) >= np.mean(returns[final])
 
 
+def test_candidates_are_the_last_checkpoints_and_the_periodic_best_once_per_set_of_weights(tmp_path):
+    from distracer.checkpoint import save_checkpoint
+    from distracer.runtime.selection import candidates
+
+    def ckpt(where: str, steps: int, updates: int):
+        state = {"algo": "ppo", "config": {}, "counters": {"env_steps": steps, "num_updates": updates}}
+        return save_checkpoint(tmp_path / where, {"w": torch.zeros(1)}, state, steps)
+
+    first, _, last_trained, final = (ckpt("checkpoints", s, u) for s, u in [(100, 1), (200, 2), (300, 3), (400, 3)])
+    # The final rollout, collected under policy lag and never trained on, leaves the 300-step weights as final.
+    assert candidates(tmp_path, last=3) == [(tmp_path / "checkpoints" / "ckpt_000000000200", "checkpoint"),
+                                            (final, "final")]
+    assert last_trained not in [p for p, _ in candidates(tmp_path, last=4)] and first in [
+        p for p, _ in candidates(tmp_path, last=4)]
+    best = ckpt("best", 150, 1)  # the same weights as `first`, which is among the last four only
+    assert [label for _, label in candidates(tmp_path, last=2)] == ["periodic best", "final"]
+    assert best not in [p for p, _ in candidates(tmp_path, last=4)]
+
+
 def test_selection_tracks_lie_between_the_periodic_and_the_test_seeds():
     from distracer.evaluate import TEST_SEED_OFFSET
 

@@ -119,18 +119,22 @@ def selection_seeds(eval_seed: int, episodes: int) -> list[int]:
     return list(range(start, start + episodes))
 
 
-def _progress(path: Path) -> tuple[Any, Any]:
-    counters = json.loads((path / STATE_FILE).read_text()).get("counters", {})
-    return counters.get("env_steps"), counters.get("num_updates")
+def _updates(path: Path) -> Any:
+    """The learner updates a checkpoint's weights have had: within one run, the same count is the same weights
+    (PPO's last rollout, collected under policy lag, is counted but never trained on)."""
+    return json.loads((path / STATE_FILE).read_text()).get("counters", {}).get("num_updates")
 
 
 def candidates(run_dir: Path, last: int) -> list[tuple[Path, str]]:
-    """The newest `last` step checkpoints (oldest first, the final last) and, first, the periodic best unless it
-    holds the same weights as one of them (the same env steps and updates: the closing evaluation's)."""
+    """The newest `last` step checkpoints (oldest first, the final last) and, first, the periodic best, each only
+    once per set of weights: a checkpoint with the same updates as a later one is that one."""
     steps = list_checkpoints(run_dir / "checkpoints")[-last:]
-    out = ([(p, "checkpoint") for p in steps[:-1]] + [(steps[-1], "final")]) if steps else []
-    seen = {_progress(p) for p in steps}
-    return [(p, "periodic best") for p in list_checkpoints(run_dir / "best")[-1:] if _progress(p) not in seen] + out
+    if not steps:
+        return []
+    kept = [p for i, p in enumerate(steps[:-1]) if _updates(p) != _updates(steps[i + 1])]
+    seen = {_updates(p) for p in steps}
+    best = [(p, "periodic best") for p in list_checkpoints(run_dir / "best")[-1:] if _updates(p) not in seen]
+    return best + [(p, "checkpoint") for p in kept] + [(steps[-1], "final")]
 
 
 def select(run_dir: Path, eval_seed: int, episodes: int, last: int, workers: int,
