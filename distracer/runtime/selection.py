@@ -191,7 +191,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise ConfigError("--episodes must be >= 2 (a paired margin needs two tracks) and --last >= 1")
     if args.json:
         refuse_inside_checkpoint(args.json, "--json")
-    eval_seed = config_from_dict(load_checkpoint(steps[-1]).config).eval.seed
+    eval_seed = config_from_dict(load_checkpoint(steps[-1]).config).eval.seed  # verified: one line if damaged
     workers = args.workers or default_workers()
     started = init_ray(ResourcesConfig(local_num_cpus=workers)) if workers > 1 else False
     try:
